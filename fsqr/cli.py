@@ -1,0 +1,113 @@
+"""`fsqr serve [DIR]`: the command line. Reads the config, sets up logging, runs a `Server`
+until Ctrl-C or SIGTERM. Exit codes: 0 stopped cleanly, 2 bad configuration or arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from fsqr.config import Config, ConfigError, load_config, with_overrides
+from fsqr.server import Server
+
+log = logging.getLogger("fsqr")
+
+DEFAULT_CONFIG = Path("fsqr.yaml")
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fsqr", description="A filesystem-only DICOM Query/Retrieve server."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="index a folder and serve it over DICOM")
+    serve.add_argument("root", nargs="?", type=Path, help="folder to serve (overrides `root`)")
+    serve.add_argument(
+        "--config", type=Path, help=f"YAML config file (default: ./{DEFAULT_CONFIG} if present)"
+    )
+    serve.add_argument("--host", help="address to listen on")
+    serve.add_argument("--port", type=int, help="port to listen on; 0 picks a free one")
+    serve.add_argument("--ae-title", help="our AE title")
+    loudness = serve.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    path = args.config
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    config = load_config(path)
+    log_level = "debug" if args.verbose else "warning" if args.quiet else None
+    return with_overrides(
+        config,
+        root=args.root,
+        host=args.host,
+        port=args.port,
+        ae_title=args.ae_title,
+        log_level=log_level,
+    )
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if level != "debug":
+        # pynetdicom logs every PDU and DIMSE message at info; fsqr logs one line per operation.
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _terminal_progress(done: int, total: int) -> None:
+    sys.stderr.write(f"\rindexing: {done}/{total} files")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def _serve(config: Config) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    progress = _terminal_progress if sys.stderr.isatty() else None
+    try:
+        server = Server(config, progress=progress).start()
+    except (FileNotFoundError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_USAGE
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        print(f"fsqr: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _setup_logging(config.log_level)
+    return _serve(config)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,267 @@
+"""C-FIND as data: an identifier becomes a `Query`, a `Query` meets the index, and each match
+becomes a new response `Dataset` (PS3.4 C.4.1).
+
+`parse_identifier` checks what the SCU asked for and raises `InvalidIdentifier` when the request
+cannot be answered. `find` yields one response identifier per match, lazily, so that the handler
+can honour a C-CANCEL between any two of them. No sockets, no pynetdicom.
+"""
+
+from __future__ import annotations
+
+import enum
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+from fsqr.errors import InvalidIdentifier
+from fsqr.index import Index, InstanceView, PatientView, SeriesView, StudyView, View
+from fsqr.keys import (
+    KEY_BY_TAG,
+    QUERY_RETRIEVE_LEVEL,
+    SPECIFIC_CHARACTER_SET,
+    Key,
+    Level,
+    Model,
+    unique_key,
+)
+from fsqr.matching import match
+from fsqr.records import Instance, Patient, Series, Study
+from fsqr.scan import HeaderCache, element_text
+
+# Return keys fsqr always fills in itself (PS3.4 C.4.1.1.3.2): never matched, never echoed.
+RETRIEVE_AE_TITLE = 0x00080054
+INSTANCE_AVAILABILITY = 0x00080056
+_FILLED_BY_US = frozenset(
+    {QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET, RETRIEVE_AE_TITLE, INSTANCE_AVAILABILITY}
+)
+_WILDCARDS = frozenset("*?")
+UTF8 = "ISO_IR 192"
+
+
+class Source(enum.Enum):
+    """Where the value of a key comes from."""
+
+    INDEX = "index"  # a record of the index holds it
+    COMPUTED = "computed"  # counted from the index (NumberOf..., ModalitiesInStudy, ...)
+    FILE = "file"  # read from a file's header on demand: any attribute works
+    NONE = "none"  # a key of a level below the query level: returned empty, never matched
+
+
+@dataclass(frozen=True, slots=True)
+class QueryKey:
+    tag: int
+    keyword: str
+    vr: str
+    pattern: str  # decoded text, values joined by backslash; "" is universal matching
+    source: Source
+    table_level: Level  # the key table it comes from; decides which record holds the value
+    element: DataElement  # as received: echoed when the key is a sequence read from file
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    model: Model
+    level: Level
+    keys: tuple[QueryKey, ...]
+    relational: bool
+
+    def narrowing(self) -> dict[Level, Sequence[str]]:
+        """Unique-key values that let the index look entities up instead of scanning."""
+        wanted: dict[Level, Sequence[str]] = {}
+        for key in self.keys:
+            if key.source is not Source.INDEX or unique_key(key.table_level).tag != key.tag:
+                continue
+            values = [v.strip() for v in key.pattern.split("\\")]
+            if not key.pattern.strip() or any(_WILDCARDS & set(v) for v in values):
+                continue
+            if key.vr != "UI" and len(values) > 1:
+                continue  # a PatientID list is not a lookup the Standard defines
+            wanted[key.table_level] = values
+        return wanted
+
+
+def parse_identifier(identifier: Dataset, model: Model, *, relational: bool) -> Query:
+    """Check a C-FIND identifier and turn it into a `Query`.
+
+    Raises InvalidIdentifier (A900, with an ErrorComment) when the level is missing, unknown
+    or not in the model, when an element cannot be decoded, or when a hierarchical query lacks
+    the unique key of a level above the one it asks for (PS3.4 C.4.1.2.1).
+    """
+    level = _query_level(identifier, model)
+    keys = []
+    tags = identifier.keys()  # iterating a Dataset yields elements, decoding each one
+    for tag in tags:
+        if tag.group in (0x0000, 0x0002) or tag in _FILLED_BY_US or tag.is_private:
+            continue
+        element = _decoded(identifier, tag)
+        keys.append(_query_key(element, model, level))
+    query = Query(model, level, tuple(keys), relational)
+    if not relational:
+        _check_hierarchical(query)
+    return query
+
+
+def _query_level(identifier: Dataset, model: Model) -> Level:
+    text = (
+        element_text(_decoded(identifier, QUERY_RETRIEVE_LEVEL))
+        if (QUERY_RETRIEVE_LEVEL in identifier)
+        else ""
+    )
+    if not text:
+        raise InvalidIdentifier("QueryRetrieveLevel (0008,0052) is missing")
+    try:
+        level = Level(text.strip().upper())
+    except ValueError:
+        raise InvalidIdentifier(f"unknown QueryRetrieveLevel {text!r}") from None
+    if level not in model.levels:
+        raise InvalidIdentifier(f"{level.value} level is not in the {model.value} model")
+    return level
+
+
+def _decoded(identifier: Dataset, tag: int) -> DataElement:
+    try:
+        with warnings.catch_warnings():
+            # An unknown character set only warns in pydicom; for a query it is an error.
+            warnings.simplefilter("error")
+            element = identifier[tag]
+            element_text(element)  # forces the value to decode
+    except Exception as exc:
+        raise InvalidIdentifier(
+            f"cannot decode ({tag >> 16:04X},{tag & 0xFFFF:04X}): {exc}"
+        ) from None
+    return element
+
+
+def _query_key(element: DataElement, model: Model, level: Level) -> QueryKey:
+    table_key: Key | None = KEY_BY_TAG.get(element.tag)
+    pattern = element_text(element)
+    if table_key is None:
+        # Not in the key tables: read from the matched entity's files, at the query level.
+        return QueryKey(
+            element.tag, element.keyword, element.VR, pattern, Source.FILE, level, element
+        )
+    key_level = model.level_of(table_key)
+    if key_level.depth > level.depth:
+        source = Source.NONE
+    elif table_key.computed:
+        source = Source.COMPUTED if key_level is level else Source.NONE
+    else:
+        source = Source.INDEX
+    return QueryKey(
+        table_key.tag, table_key.keyword, table_key.vr, pattern, source, table_key.level, element
+    )
+
+
+def _check_hierarchical(query: Query) -> None:
+    """PS3.4 C.4.1.2.1: a hierarchical query names one entity at every level above its own."""
+    given = {k.tag: k.pattern.strip() for k in query.keys}
+    for level in query.model.levels:
+        if level.depth >= query.level.depth:
+            return
+        key = unique_key(level)
+        value = given.get(key.tag, "")
+        if not value or "\\" in value or _WILDCARDS & set(value):
+            raise InvalidIdentifier(
+                f"{query.level.value} query needs one {key.keyword}; or ask relational"
+            )
+
+
+# -- answering ------------------------------------------------------------------------------
+
+
+def find(index: Index, query: Query, ae_title: str, headers: HeaderCache) -> Iterator[Dataset]:
+    """Yield a response identifier for every entity that matches `query`, one at a time."""
+    for view in index.candidates(query.level, query.narrowing()):
+        if all(_key_matches(key, view, headers) for key in query.keys):
+            yield response(query, view, ae_title, headers)
+
+
+def _key_matches(key: QueryKey, view: View, headers: HeaderCache) -> bool:
+    if not key.pattern or key.source is Source.NONE or key.vr == "SQ":
+        return True  # universal matching (PS3.4 C.2.2.2.3); sequences match universally
+    return match(key.vr, key.pattern, _value_text(key, view, headers))
+
+
+def _value_text(key: QueryKey, view: View, headers: HeaderCache) -> str:
+    if key.source is Source.INDEX:
+        return _record(view, key.table_level).get(key.keyword)
+    if key.source is Source.COMPUTED:
+        return _computed(key.keyword, view)
+    if key.source is Source.FILE:
+        header = headers.get(view.first_path)
+        return element_text(header.get(key.tag)) if header is not None else ""
+    return ""
+
+
+def _record(view: View, level: Level) -> Patient | Study | Series | Instance:
+    if level is Level.PATIENT:
+        return view.patient
+    if level is Level.STUDY and not isinstance(view, PatientView):
+        return view.study
+    if level is Level.SERIES and isinstance(view, SeriesView | InstanceView):
+        return view.series
+    if level is Level.IMAGE and isinstance(view, InstanceView):
+        return view.instance
+    raise AssertionError(f"a {type(view).__name__} has no {level.value} record")
+
+
+def _computed(keyword: str, view: View) -> str:
+    if isinstance(view, PatientView | StudyView):
+        patient_counts = {
+            "NumberOfPatientRelatedStudies": view.patient_studies,
+            "NumberOfPatientRelatedSeries": view.patient_series,
+            "NumberOfPatientRelatedInstances": view.patient_instances,
+        }
+        if keyword in patient_counts:
+            return str(patient_counts[keyword])
+    if isinstance(view, StudyView):
+        study_values = {
+            "NumberOfStudyRelatedSeries": str(view.series),
+            "NumberOfStudyRelatedInstances": str(view.instances),
+            "ModalitiesInStudy": "\\".join(view.modalities),
+            "SOPClassesInStudy": "\\".join(view.sop_classes),
+        }
+        return study_values.get(keyword, "")
+    if isinstance(view, SeriesView) and keyword == "NumberOfSeriesRelatedInstances":
+        return str(view.instances)
+    return ""
+
+
+def response(query: Query, view: View, ae_title: str, headers: HeaderCache) -> Dataset:
+    """A new identifier answering `query` for one matching entity (PS3.4 C.4.1.1.3.2)."""
+    ds = Dataset()
+    for key in query.keys:
+        if key.source is Source.FILE:
+            header = headers.get(view.first_path)
+            found = header.get(key.tag) if header is not None else None
+            ds.add(found if found is not None else DataElement(key.tag, key.vr, None))
+            continue
+        text = _value_text(key, view, headers)
+        ds.add(DataElement(key.tag, key.vr, text or None))
+    # PS3.4 C.4.1.2.1: the unique keys of the query level and the levels above always return.
+    for level in query.model.levels:
+        if level.depth > query.level.depth:
+            break
+        unique = unique_key(level)
+        if unique.tag not in ds:
+            ds.add(DataElement(unique.tag, unique.vr, _record(view, level).get(unique.keyword)))
+    ds.QueryRetrieveLevel = query.level.value
+    ds.RetrieveAETitle = ae_title
+    ds.InstanceAvailability = "ONLINE"
+    if not _is_ascii(ds):
+        # Values are held decoded; UTF-8 carries every repertoire, whatever the file used.
+        ds.SpecificCharacterSet = UTF8
+    return ds
+
+
+def _is_ascii(ds: Dataset) -> bool:
+    for element in ds.iterall():
+        value = element.value
+        if element.VR in ("SQ", "UN", "OB", "OW") or value is None:
+            continue
+        if not element_text(element).isascii():
+            return False
+    return True

@@ -1,0 +1,347 @@
+"""From files to records: one file's header to a `Parsed` or a `Skipped` (pure), and the start-up
+walk that does this for a whole tree, on every core.
+
+This module reads files and nothing else: it knows neither the index's locking nor networking.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import BinaryIO
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import dcmread, read_partial
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from fsqr.keys import Level, indexed_keys
+from fsqr.records import Instance, Parsed, Patient, Series, Skipped, Study
+
+log = logging.getLogger(__name__)
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # PS3.4 Annex F: the DICOMDIR's SOP Class
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # float, double, plain pixel data
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # PS3.5 7.5: ends encapsulated pixels
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+TEMP_PREFIX = ".fsqr-"  # files fsqr is still writing (storage.py); never indexed
+
+# Below this many files the start-up scan reads them in this process: starting worker
+# processes costs more than it saves.
+_PARALLEL_THRESHOLD = 1000
+_CHUNK = 200  # files per worker task: large enough to amortise pickling, small enough to balance
+
+
+def element_text(element: DataElement | None) -> str:
+    """An element's value as the index stores it: decoded text, values joined by backslash.
+
+    >>> from pydicom.dataelem import DataElement
+    >>> element_text(DataElement(0x00080060, "CS", "MR"))
+    'MR'
+    >>> element_text(DataElement(0x00080061, "CS", ["CT", "MR"]))
+    'CT\\\\MR'
+    >>> element_text(None)
+    ''
+    """
+    if element is None or element.VR == "SQ":
+        return ""
+    value = element.value
+    if value is None or isinstance(value, bytes):
+        return ""
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join("" if v is None else str(v) for v in value)
+    return str(value).strip()
+
+
+class _PixelProbe:
+    """A `stop_when` callback: stops pydicom at the pixel data and remembers where it was.
+
+    pydicom's `stop_before_pixels` does not say how long the pixel data claims to be; knowing it
+    lets the scan refuse a file that was cut short (a half-copied file is never served half).
+    """
+
+    __slots__ = ("length", "vr")
+
+    def __init__(self) -> None:
+        self.length: int | None = None
+        self.vr: str | None = None
+
+    def __call__(self, tag: BaseTag, vr: str | None, length: int) -> bool:
+        if tag in _PIXEL_TAGS:
+            self.length, self.vr = length, vr
+            return True
+        return False
+
+
+def _value_offset(fp: BinaryIO, probe: _PixelProbe, explicit_vr: bool) -> int:
+    """Where the pixel data's value starts; pydicom leaves `fp` at the start of its element."""
+    header = 8  # tag + (VR + 2-byte length) or 4-byte length
+    if explicit_vr and probe.vr in {"OB", "OW", "OF", "OD", "UN"}:
+        header = 12  # PS3.5 7.1.2: these VRs have 2 reserved bytes and a 4-byte length
+    return fp.tell() + header
+
+
+def _is_complete(fp: BinaryIO, probe: _PixelProbe, explicit_vr: bool, size: int) -> bool:
+    if probe.length is None:
+        return True
+    if probe.length == _UNDEFINED_LENGTH:
+        fp.seek(max(size - 64, 0))
+        return _SEQUENCE_DELIMITER in fp.read(64)
+    return _value_offset(fp, probe, explicit_vr) + probe.length <= size
+
+
+def _looks_like_raw_dataset(head: bytes) -> bool:
+    """True when a file without preamble starts like a little-endian data set (group 0002-0008).
+
+    >>> _looks_like_raw_dataset(bytes.fromhex("08000500") + b"CS")
+    True
+    >>> _looks_like_raw_dataset(b"%PDF-1.7")
+    False
+    """
+    if len(head) < 8:
+        return False
+    group = int.from_bytes(head[0:2], "little")
+    return group in (0x0002, 0x0008)
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if uid:
+        return str(uid)
+    # A file without meta information: say what pydicom found the encoding to be.
+    implicit, little = ds.original_encoding
+    if implicit:
+        return str(ImplicitVRLittleEndian)
+    return str(ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+
+
+def read_header(path: str) -> Parsed | Skipped:
+    """Read one file's header (never its pixels) and split it into the records of each level.
+
+    Never raises: whatever is wrong with the file comes back as `Skipped` with a reason.
+    """
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = _read_header(path)
+        for warning in caught:
+            log.debug("%s: %s", path, warning.message)
+        return result
+    except Exception as exc:  # a broken file must never stop the scan
+        return Skipped(path, f"cannot be read: {type(exc).__name__}: {exc}")
+
+
+def _read_header(path: str) -> Parsed | Skipped:
+    st = os.stat(path)
+    if st.st_size == 0:
+        return Skipped(path, "empty file")
+    probe = _PixelProbe()
+    with open(path, "rb") as fp:
+        try:
+            ds = read_partial(fp, stop_when=probe)
+        except InvalidDicomError:
+            fp.seek(0)
+            if not _looks_like_raw_dataset(fp.read(8)):
+                return Skipped(path, "not a DICOM file")
+            fp.seek(0)
+            ds = read_partial(fp, stop_when=probe, force=True)
+        if ds.file_meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
+            return Skipped(path, "DICOMDIR (a media directory, not an instance)")
+        transfer_syntax = _transfer_syntax(ds)
+        explicit = transfer_syntax != ImplicitVRLittleEndian
+        if transfer_syntax != DeflatedExplicitVRLittleEndian and not _is_complete(
+            fp, probe, explicit, st.st_size
+        ):
+            return Skipped(path, "truncated: pixel data runs past the end of the file")
+    return parsed_from_dataset(ds, path, st.st_size, st.st_mtime_ns, transfer_syntax)
+
+
+def parsed_from_dataset(
+    ds: Dataset, path: str, size: int, mtime_ns: int, transfer_syntax: str
+) -> Parsed | Skipped:
+    """Split a header into records; used by the scan and by C-STORE for what it just wrote."""
+    uids = {}
+    for level in Level:
+        keyword = indexed_keys(level)[0].keyword
+        uids[level] = element_text(ds.get(indexed_keys(level)[0].tag))
+        if level is not Level.PATIENT and not uids[level]:
+            return Skipped(path, f"no {keyword}")
+    sop_class = element_text(ds.get(0x00080016)) or str(
+        ds.file_meta.get("MediaStorageSOPClassUID", "")
+    )
+    if not sop_class:
+        return Skipped(path, "no SOPClassUID")
+
+    def values(level: Level) -> tuple[str, ...]:
+        # Interned: a study's 500 instances then share one copy of each repeated string.
+        return tuple(sys.intern(element_text(ds.get(k.tag))) for k in indexed_keys(level))
+
+    return Parsed(
+        patient=Patient(uids[Level.PATIENT], values(Level.PATIENT)),
+        study=Study(uids[Level.STUDY], uids[Level.PATIENT], values(Level.STUDY)),
+        series=Series(uids[Level.SERIES], uids[Level.STUDY], values(Level.SERIES)),
+        instance=Instance(
+            sop_instance_uid=uids[Level.IMAGE],
+            series_uid=uids[Level.SERIES],
+            sop_class_uid=sys.intern(sop_class),
+            transfer_syntax_uid=sys.intern(transfer_syntax),
+            path=path,
+            size=size,
+            mtime_ns=mtime_ns,
+            values=values(Level.IMAGE),
+        ),
+    )
+
+
+def is_candidate_name(name: str) -> bool:
+    """False for files the scan never looks at: fsqr's own files still being written.
+
+    >>> is_candidate_name(".fsqr-1234.tmp"), is_candidate_name("IMG0001.dcm")
+    (False, True)
+    """
+    return not name.startswith(TEMP_PREFIX)
+
+
+def is_inside(path: str, root_real: str) -> bool:
+    """True if the real path `path` is `root_real` or below it."""
+    return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def walk(root: Path) -> Iterator[str]:
+    """Every candidate file under `root`, following symlinks only while they stay inside it.
+
+    A symlink that leads outside the root is not followed (the server serves its folder, not
+    the machine), and a folder reached twice (a symlink loop) is walked once.
+    """
+    root_real = os.path.realpath(root)
+    seen_dirs: set[tuple[int, int]] = set()
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen_dirs:
+                continue
+            seen_dirs.add((st.st_dev, st.st_ino))
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            log.warning("cannot read folder %s: %s", folder, exc)
+            continue
+        for entry in sorted(entries, key=lambda e: e.name, reverse=True):
+            try:
+                if entry.is_symlink() and not is_inside(os.path.realpath(entry.path), root_real):
+                    log.debug("not following %s: it leads outside the root", entry.path)
+                    continue
+                if entry.is_dir():
+                    stack.append(entry.path)
+                elif entry.is_file() and is_candidate_name(entry.name):
+                    yield entry.path
+            except OSError as exc:
+                log.debug("cannot stat %s: %s", entry.path, exc)
+
+
+def _read_chunk(paths: list[str]) -> list[Parsed | Skipped]:
+    return [read_header(p) for p in paths]
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    # forkserver: workers fork from a clean single-threaded process, never from a server that
+    # already runs threads (forking those can deadlock); the preload keeps each fork cheap.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["fsqr.scan"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def scan_files(
+    paths: list[str],
+    workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[Parsed | Skipped]:
+    """Read the headers of `paths`, in parallel when there are many; results in any order.
+
+    `workers` 0 means one per CPU core. `progress(done, total)` is called as chunks finish.
+    """
+    total = len(paths)
+    workers = workers or os.cpu_count() or 1
+    if total < _PARALLEL_THRESHOLD or workers == 1:
+        for done, path in enumerate(paths, 1):
+            yield read_header(path)
+            if progress and done % _CHUNK == 0:
+                progress(done, total)
+        if progress:
+            progress(total, total)
+        return
+    chunks = [paths[i : i + _CHUNK] for i in range(0, total, _CHUNK)]
+    done = 0
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+        futures: Iterable[Future[list[Parsed | Skipped]]] = [
+            pool.submit(_read_chunk, chunk) for chunk in chunks
+        ]
+        for future in futures:
+            results = future.result()
+            done += len(results)
+            yield from results
+            if progress:
+                progress(done, total)
+
+
+class HeaderCache:
+    """Whole headers (no pixels), read on demand for keys the index does not hold.
+
+    Keyed by path and checked against the file's size and mtime, so a changed file is read
+    again; the least recently used headers are dropped beyond `capacity`. Thread-safe.
+    """
+
+    def __init__(self, capacity: int = 512) -> None:
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, tuple[tuple[int, int], Dataset | None]] = OrderedDict()
+
+    def get(self, path: str) -> Dataset | None:
+        """The header of `path`, or None when the file is gone or no longer readable."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        stamp = (st.st_size, st.st_mtime_ns)
+        with self._lock:
+            cached = self._items.get(path)
+            if cached is not None and cached[0] == stamp:
+                self._items.move_to_end(path)
+                return cached[1]
+        header = _read_whole_header(path)
+        with self._lock:
+            self._items[path] = (stamp, header)
+            self._items.move_to_end(path)
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+        return header
+
+
+def _read_whole_header(path: str) -> Dataset | None:
+    try:
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            return dcmread(path, stop_before_pixels=True, force=True)
+    except Exception as exc:  # the file changed or broke since it was indexed
+        log.debug("cannot read header of %s: %s", path, exc)
+        return None

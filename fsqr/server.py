@@ -1,0 +1,141 @@
+"""The server's lifecycle: scan the tree -> fill the index -> bind the port -> serve.
+
+`Server` is what the CLI runs and what another program or a test embeds:
+
+    with Server(config_from_mapping({"root": "sample_data", "port": 0})) as server:
+        ...  # server.host, server.port, server.ae_title, server.index
+
+The port is bound only once the initial index is complete, so the first association already
+sees everything that was on disk at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
+from pynetdicom.sop_class import Verification
+
+from fsqr.config import Config
+from fsqr.handlers import Handlers
+from fsqr.index import Index
+from fsqr.keys import FIND_MODELS
+from fsqr.records import Parsed, Skipped
+from fsqr.scan import scan_files, walk
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+class Server:
+    """A running fsqr: the index of one folder served on one port."""
+
+    def __init__(self, config: Config, *, progress: Progress | None = None) -> None:
+        self.config = config
+        self.index = Index()
+        self.skipped: list[Skipped] = []
+        self._progress = progress
+        self._handlers = Handlers(config, self.index)
+        self._listener: Any = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> Server:
+        root = self.config.root
+        if not root.is_dir():
+            raise FileNotFoundError(f"root folder {root} does not exist or is not a folder")
+        self._build_index()
+        ae = self._make_ae()
+        self._listener = ae.start_server(
+            (self.config.host, self.config.port),
+            block=False,
+            evt_handlers=self._handlers.bindings(),
+        )
+        log.info("%s listening on %s:%d", self.ae_title, self.host, self.port)
+        return self
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.shutdown()
+            self._listener = None
+            log.info("stopped")
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def host(self) -> str:
+        return str(self._listener.server_address[0])
+
+    @property
+    def port(self) -> int:
+        """The port actually bound: the free one the system chose when configured as 0."""
+        return int(self._listener.server_address[1])
+
+    @property
+    def ae_title(self) -> str:
+        return self.config.ae_title
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def _build_index(self) -> None:
+        started = time.perf_counter()
+        paths = list(walk(self.config.root))
+        for result in scan_files(paths, self.config.scan_workers, self._progress):
+            if isinstance(result, Parsed):
+                self.index.add(result)
+            else:
+                self.skipped.append(result)
+                log.debug("skipped %s: %s", result.path, result.reason)
+        counts = self.index.counts()
+        seconds = time.perf_counter() - started
+        log.info(
+            "indexed %s: %d patients, %d studies, %d series, %d instances "
+            "from %d files in %.2f s (%.0f files/s)",
+            self.config.root,
+            counts.patients,
+            counts.studies,
+            counts.series,
+            counts.instances,
+            len(paths),
+            seconds,
+            len(paths) / seconds if seconds else 0.0,
+        )
+        if self.skipped:
+            log.info(
+                "skipped %d files that are not servable DICOM instances "
+                "(run with log level debug to see each one and why)",
+                len(self.skipped),
+            )
+        duplicates = counts.files - counts.instances
+        if duplicates:
+            log.info(
+                "%d files repeat a SOP Instance UID already indexed; one is served", duplicates
+            )
+
+    def _make_ae(self) -> Any:
+        ae = AE(ae_title=self.config.ae_title)
+        timeouts = self.config.timeouts
+        ae.acse_timeout = timeouts.acse
+        ae.dimse_timeout = timeouts.dimse
+        ae.network_timeout = timeouts.network
+        ae.maximum_associations = self.config.max_associations
+        ae.maximum_pdu_size = self.config.max_pdu
+        ae.require_called_aet = False
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        for uid in FIND_MODELS:
+            ae.add_supported_context(uid)
+        return ae

@@ -1,0 +1,109 @@
+"""Shared fixtures: dataset factories, folders of files, a running server, DCMTK's tools."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.dataset import FileDataset
+
+from fsqr.config import Config, config_from_mapping
+from fsqr.server import Server
+from fsqr.synthetic import make_instance, synthetic_uid, write_instance, write_sample_data
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_DATA = REPO / "sample_data"
+
+# `.ci/run` sets this so that a DCMTK test which cannot find its tools fails instead of skipping.
+REQUIRE_DCMTK = os.environ.get("FSQR_REQUIRE_DCMTK") == "1"
+
+
+def instance(**fields: Any) -> FileDataset:
+    """A small valid image; every attribute can be overridden by keyword (see make_instance)."""
+    n = fields.pop("n", 1)
+    defaults: dict[str, Any] = {
+        "patient_id": "PID1",
+        "patient_name": "DOE^JOHN",
+        "study_uid": synthetic_uid("study", fields.get("patient_id", "PID1")),
+        "series_uid": synthetic_uid("series", fields.get("patient_id", "PID1")),
+        "sop_uid": synthetic_uid("sop", fields.get("patient_id", "PID1"), n),
+        "instance_number": n,
+    }
+    defaults.update(fields)
+    return make_instance(**defaults)
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Callable[..., Path]:
+    """Write an instance (factory `instance`) under tmp_path/tree; returns its path."""
+
+    def _write(relative: str, **fields: Any) -> Path:
+        return write_instance(instance(**fields), tmp_path / "tree" / relative)
+
+    (tmp_path / "tree").mkdir(exist_ok=True)
+    return _write
+
+
+@pytest.fixture(scope="session")
+def sample_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the sample data, written by the generator."""
+    root = tmp_path_factory.mktemp("sample")
+    write_sample_data(root)
+    return root
+
+
+def server_config(root: Path, **settings: Any) -> Config:
+    return config_from_mapping(
+        {"root": str(root), "host": "127.0.0.1", "port": 0, "ae_title": "FSQR", **settings}
+    )
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., Server]]:
+    """Start `Server`s on free ports over given folders; all are stopped after the test."""
+    running: list[Server] = []
+
+    def _start(root: Path, **settings: Any) -> Server:
+        server = Server(server_config(root, **settings)).start()
+        running.append(server)
+        return server
+
+    yield _start
+    for server in running:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def sample_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server over a copy of the sample data, shared by a module's tests."""
+    root = tmp_path_factory.mktemp("served")
+    write_sample_data(root)
+    with Server(server_config(root)) as server:
+        yield server
+
+
+def dcmtk(tool: str) -> str:
+    """The path of a DCMTK command-line tool, or skip (fail under .ci/run) if it is missing.
+
+    pynetdicom installs Python scripts with DCMTK's names (findscu, storescp, ...) that may come
+    first on PATH; a tool counts only if it says it is DCMTK.
+    """
+    candidates = [shutil.which(tool, path=p) for p in os.environ.get("PATH", "").split(os.pathsep)]
+    for path in [c for c in candidates if c] + [f"/usr/bin/{tool}"]:
+        try:
+            out = subprocess.run(
+                [path, "--version"], capture_output=True, text=True, timeout=10, check=False
+            )
+        except OSError:
+            continue
+        if "dcmtk" in (out.stdout + out.stderr).lower():
+            return path
+    message = f"DCMTK's {tool} is not installed (Debian/Ubuntu: apt-get install dcmtk)"
+    if REQUIRE_DCMTK:
+        pytest.fail(message)
+    pytest.skip(message)

@@ -1,0 +1,119 @@
+"""The index: hierarchy, counts, unique-key lookups, duplicates, removal. No sockets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fsqr.index import Index, InstanceView, PatientView, SeriesView, StudyView
+from fsqr.keys import Level
+from fsqr.records import Parsed
+from fsqr.scan import read_header
+from fsqr.synthetic import synthetic_uid
+
+
+def parsed(path: Path) -> Parsed:
+    result = read_header(str(path))
+    assert isinstance(result, Parsed), result
+    return result
+
+
+@pytest.fixture
+def two_patients(write: Callable[..., Path]) -> tuple[Index, list[Path]]:
+    """Patient A: one study, two series (2 CT + 1 MR). Patient B: one study, one CT."""
+    study_a, study_b = synthetic_uid("A", "st"), synthetic_uid("B", "st")
+    files = [
+        write("a1", patient_id="A", study_uid=study_a, series_uid=synthetic_uid("A", 1), n=1),
+        write("a2", patient_id="A", study_uid=study_a, series_uid=synthetic_uid("A", 1), n=2),
+        write(
+            "a3",
+            patient_id="A",
+            study_uid=study_a,
+            series_uid=synthetic_uid("A", 2),
+            modality="MR",
+            n=3,
+        ),
+        write("b1", patient_id="B", patient_name="ROE^JANE", study_uid=study_b, n=1),
+    ]
+    index = Index()
+    index.add_many(parsed(f) for f in files)
+    return index, files
+
+
+def test_counts_follow_the_hierarchy(two_patients: tuple[Index, list[Path]]) -> None:
+    index, _ = two_patients
+    counts = index.counts()
+    assert (counts.patients, counts.studies, counts.series, counts.instances) == (2, 2, 3, 4)
+
+
+def test_computed_attributes(two_patients: tuple[Index, list[Path]]) -> None:
+    index, _ = two_patients
+    (patient,) = index.candidates(Level.PATIENT, {Level.PATIENT: ["A"]})
+    assert isinstance(patient, PatientView)
+    assert (patient.patient_studies, patient.patient_series, patient.patient_instances) == (1, 2, 3)
+    (study,) = index.candidates(Level.STUDY, {Level.STUDY: [synthetic_uid("A", "st")]})
+    assert isinstance(study, StudyView)
+    assert (study.series, study.instances, study.modalities) == (2, 3, ("CT", "MR"))
+    assert study.sop_classes == ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4")
+
+
+def test_unique_keys_narrow_and_respect_the_parent(two_patients: tuple[Index, list[Path]]) -> None:
+    index, _ = two_patients
+    series_a1 = synthetic_uid("A", 1)
+    found = index.candidates(Level.IMAGE, {Level.SERIES: [series_a1]})
+    assert sorted(
+        v.instance.get("InstanceNumber") for v in found if isinstance(v, InstanceView)
+    ) == [
+        "1",
+        "2",
+    ]
+    # A series UID under another patient's ID narrows to nothing.
+    assert index.candidates(Level.SERIES, {Level.PATIENT: ["B"], Level.SERIES: [series_a1]}) == []
+    # A repeated UID in a list is answered once.
+    assert len(index.candidates(Level.SERIES, {Level.SERIES: [series_a1, series_a1]})) == 1
+
+
+def test_removing_the_last_instance_removes_empty_parents(
+    two_patients: tuple[Index, list[Path]],
+) -> None:
+    index, files = two_patients
+    assert index.remove_path(str(files[3])) is not None
+    counts = index.counts()
+    assert (counts.patients, counts.studies, counts.instances) == (1, 1, 3)
+    assert index.remove_path(str(files[3])) is None  # already gone: nothing happens
+
+
+def test_remove_under_a_folder(two_patients: tuple[Index, list[Path]]) -> None:
+    index, files = two_patients
+    assert index.remove_under(str(files[0].parent)) == 4
+    assert index.counts().instances == 0
+
+
+def test_a_duplicate_is_revealed_when_the_served_copy_goes(write: Callable[..., Path]) -> None:
+    first = write("one/x.dcm", n=7)
+    second = write("two/x.dcm", n=7)
+    index = Index()
+    index.add(parsed(first))
+    index.add(parsed(second))
+    assert (index.counts().instances, index.counts().files) == (1, 2)
+    uid = synthetic_uid("sop", "PID1", 7)
+    served = index.instance(uid)
+    assert served is not None and served.path == str(first)
+    index.remove_path(str(first))
+    revealed = index.instance(uid)
+    assert revealed is not None and revealed.path == str(second)
+    assert index.counts().files == 1
+
+
+def test_re_adding_a_path_replaces_it(write: Callable[..., Path]) -> None:
+    path = write("x.dcm", patient_name="OLD^NAME")
+    index = Index()
+    index.add(parsed(path))
+    write("x.dcm", patient_name="NEW^NAME")
+    index.add(parsed(path))
+    (view,) = index.candidates(Level.SERIES, {})
+    assert isinstance(view, SeriesView)
+    assert view.patient.get("PatientName") == "NEW^NAME"
+    assert index.counts().files == 1

@@ -1,0 +1,131 @@
+"""The start-up scan: what is indexed, what is skipped and why, and how the tree is walked."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
+
+from fsqr.records import Parsed, Skipped
+from fsqr.scan import read_header, scan_files, walk
+from fsqr.synthetic import write_tree
+
+
+def test_a_valid_file_is_split_into_records(write: Callable[..., Path]) -> None:
+    path = write("x.dcm", patient_name="Müller^Jürgen", modality="MR", n=3)
+    result = read_header(str(path))
+    assert isinstance(result, Parsed)
+    assert result.patient.get("PatientName") == "Müller^Jürgen"
+    assert result.series.get("Modality") == "MR"
+    assert result.instance.get("InstanceNumber") == "3"
+    assert result.instance.transfer_syntax_uid == "1.2.840.10008.1.2.1"
+    assert result.instance.size == path.stat().st_size
+
+
+def _truncate(path: Path, keep: int) -> Path:
+    path.write_bytes(path.read_bytes()[:keep])
+    return path
+
+
+def _without_sop_instance_uid(path: Path) -> Path:
+    ds = dcmread(path)
+    del ds.SOPInstanceUID
+    ds.save_as(path)
+    return path
+
+
+def _without_preamble(path: Path) -> Path:
+    """A bare data set, as some old systems wrote: no preamble, no meta information."""
+    ds = dcmread(path)
+    ds.file_meta = FileMetaDataset()
+    ds.preamble = None
+    ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert path.read_bytes()[128:132] != b"DICM"
+    return path
+
+
+@pytest.mark.parametrize(
+    ("spoil", "reason"),
+    [
+        (lambda p: (p.write_bytes(b""), p)[1], "empty file"),
+        (lambda p: (p.write_text("hello, not DICOM"), p)[1], "not a DICOM file"),
+        (lambda p: _truncate(p, p.stat().st_size - 100), "truncated"),
+        (lambda p: _truncate(p, 200), ""),
+        (_without_sop_instance_uid, "no SOPInstanceUID"),
+    ],
+    ids=["empty", "text", "pixels-cut-short", "header-cut-short", "no-sop-instance-uid"],
+)
+def test_junk_is_skipped_with_a_reason(
+    write: Callable[..., Path], spoil: Callable[[Path], Path], reason: str
+) -> None:
+    path = spoil(write("junk.dcm", rows=32, columns=32))
+    result = read_header(str(path))
+    assert isinstance(result, Skipped), result
+    assert reason in result.reason
+
+
+def test_a_file_without_preamble_is_read(write: Callable[..., Path]) -> None:
+    path = _without_preamble(write("bare.dcm"))
+    result = read_header(str(path))
+    assert isinstance(result, Parsed), result
+    assert result.instance.transfer_syntax_uid == "1.2.840.10008.1.2"
+
+
+def test_a_dicomdir_is_skipped(tmp_path: Path) -> None:
+    """A media directory (PS3.10 8.6) names files; it is not an instance to serve."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.FileSetID = "MEDIA"
+    ds.DirectoryRecordSequence = []
+    ds.save_as(tmp_path / "DICOMDIR", enforce_file_format=True)
+    result = read_header(str(tmp_path / "DICOMDIR"))
+    assert isinstance(result, Skipped)
+    assert "DICOMDIR" in result.reason
+
+
+def test_walk_follows_symlinks_inside_the_root_only(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "a").mkdir(parents=True)
+    outside.mkdir()
+    (root / "a" / "f1").write_bytes(b"x")
+    (outside / "secret").write_bytes(b"x")
+    (root / "a" / ".fsqr-123.tmp").write_bytes(b"x")  # a store still being written
+    os.symlink(outside, root / "to-outside")
+    os.symlink(outside / "secret", root / "secret-link")
+    os.symlink(root / "a", root / "alias")  # inside: followed
+    os.symlink(root, root / "a" / "loop")  # a loop: each folder walked once
+    found = sorted(Path(p).relative_to(root).as_posix() for p in walk(root))
+    assert found == ["a/f1"]
+
+
+def test_parallel_and_serial_scans_agree(tmp_path: Path) -> None:
+    paths = [
+        str(p)
+        for p in write_tree(
+            tmp_path,
+            patients=2,
+            studies_per_patient=2,
+            series_per_study=2,
+            instances_per_series=150,
+        )
+    ]
+    serial = sorted(
+        (r.instance.path, r.instance.values)
+        for r in scan_files(paths, workers=1)
+        if isinstance(r, Parsed)
+    )
+    parallel = sorted(
+        (r.instance.path, r.instance.values)
+        for r in scan_files(paths, workers=2)
+        if isinstance(r, Parsed)
+    )
+    assert len(serial) == len(paths) == 1200
+    assert parallel == serial
