@@ -17,8 +17,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
-from pynetdicom.sop_class import Verification
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from fsqr.config import Config
 from fsqr.handlers import Handlers
@@ -135,7 +135,7 @@ class Server:
         ae.maximum_associations = self.config.max_associations
         ae.maximum_pdu_size = self.config.max_pdu
         ae.require_called_aet = False
-        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
         for uid in FIND_MODELS:
             ae.add_supported_context(uid)
         return ae
