@@ -21,7 +21,7 @@ from pynetdicom import evt
 
 from fsqr import status
 from fsqr.config import Config
-from fsqr.errors import DimseError
+from fsqr.errors import DimseError, InvalidIdentifier
 from fsqr.index import Index
 from fsqr.keys import FIND_MODELS, GET_MODELS, MOVE_MODELS
 from fsqr.query import find, parse_identifier
@@ -58,6 +58,14 @@ def set_nodelay(event: Any) -> None:
     sock = event.assoc.dul.socket.socket
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _identifier(event: Any) -> Dataset:
+    """The request's identifier; bytes that do not decode as a data set are the peer's error."""
+    try:
+        return event.identifier
+    except Exception as exc:
+        raise InvalidIdentifier(f"cannot decode the identifier: {exc}") from None
 
 
 class CancelRegistry:
@@ -148,7 +156,7 @@ class Handlers:
         try:
             tick = time.perf_counter()
             relational = event.assoc.acceptor.sop_class_extended.get(sop_class, b"")[:1] == b"\1"
-            query = parse_identifier(event.identifier, model, relational=relational)
+            query = parse_identifier(_identifier(event), model, relational=relational)
             level = query.level.value
             log.debug("C-FIND keys: %s", [k.keyword or hex(k.tag) for k in query.keys])
             results = find(self.index, query, self.config.ae_title, self.headers)

@@ -1,0 +1,326 @@
+"""C-ECHO and C-FIND against a running server, from DCMTK's tools and from a pynetdicom client."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dsutils import encode
+from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
+
+from fsqr.index import SeriesView
+from fsqr.keys import Level
+from fsqr.server import Server
+from fsqr.synthetic import write_tree
+from tests.conftest import dcmtk, server_config
+
+STUDY_ROOT = StudyRootQueryRetrieveInformationModelFind
+PATIENT_ROOT = PatientRootQueryRetrieveInformationModelFind
+
+
+def run_dcmtk(tool: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [dcmtk(tool), *args],
+        capture_output=True,
+        text=True,
+        errors="replace",  # DCMTK's -v output includes the raw bytes of values
+        timeout=60,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def findscu(server: Server, out: Path, *args: str, query_file: str = "") -> list[Dataset]:
+    """Run DCMTK findscu with -X and return the response identifiers it wrote."""
+    out.mkdir(exist_ok=True)
+    files = [query_file] if query_file else []
+    done = run_dcmtk("findscu", "-X", "-od", str(out), *args, "127.0.0.1", str(server.port), *files)
+    assert done.returncode == 0, done.stderr
+    return [dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+
+@pytest.fixture
+def assoc(sample_server: Server) -> Iterator[Any]:
+    """An open pynetdicom association with the sample server."""
+    ae = AE(ae_title="PYCLIENT")
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(STUDY_ROOT)
+    ae.add_requested_context(PATIENT_ROOT)
+    assoc = ae.associate("127.0.0.1", sample_server.port, ae_title="FSQR")
+    assert assoc.is_established
+    yield assoc
+    assoc.release()
+
+
+def query(assoc: Any, model: str = STUDY_ROOT, **keys: Any) -> tuple[list[int], list[Dataset]]:
+    ds = Dataset()
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    statuses, answers = [], []
+    for status, answer in assoc.send_c_find(ds, model):
+        assert status is not None, "no response from the server"
+        statuses.append(int(status.Status))
+        if answer is not None:
+            answers.append(answer)
+    return statuses, answers
+
+
+# -- DCMTK ------------------------------------------------------------------------------------
+
+
+@pytest.mark.dcmtk
+def test_echoscu(sample_server: Server) -> None:
+    done = run_dcmtk("echoscu", "-aec", "FSQR", "127.0.0.1", str(sample_server.port))
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.dcmtk
+def test_findscu_study_level_as_in_the_quick_start(sample_server: Server, tmp_path: Path) -> None:
+    answers = findscu(
+        sample_server,
+        tmp_path,
+        "-S",
+        "-k", "QueryRetrieveLevel=STUDY",
+        "-k", "PatientName=*",
+        "-k", "StudyInstanceUID",
+        "-k", "ModalitiesInStudy",
+        "-k", "NumberOfStudyRelatedInstances",
+    )  # fmt: skip
+    assert len(answers) == 7
+    names = {str(a.PatientName) for a in answers}
+    assert "Müller^Jürgen" in names  # UTF-8 came back intact
+    assert "Yamada^Hanako=山田^花子=やまだ^はなこ" in names
+    assert sum(int(a.NumberOfStudyRelatedInstances) for a in answers) == 44
+    modalities = {m for a in answers for m in _values(a.ModalitiesInStudy)}
+    assert modalities == {"CT", "MR", "OT", "CR"}
+
+
+@pytest.mark.dcmtk
+def test_findscu_query_in_latin1_finds_a_utf8_name(sample_server: Server, tmp_path: Path) -> None:
+    """A query sent in ISO_IR 100 matches a name stored in UTF-8, and the answer says UTF-8."""
+    request = Dataset()
+    request.SpecificCharacterSet = "ISO_IR 100"
+    request.QueryRetrieveLevel = "STUDY"
+    request.PatientName = "Müller*"
+    request.StudyDate = ""
+    path = tmp_path / "query.dcm"
+    request.save_as(path, implicit_vr=False, little_endian=True)
+    assert "Müller".encode("latin-1") in path.read_bytes()
+    answers = findscu(sample_server, tmp_path / "out", "-S", query_file=str(path))
+    assert len(answers) == 2
+    assert {str(a.PatientName) for a in answers} == {"Müller^Jürgen"}
+    assert all(a.SpecificCharacterSet == "ISO_IR 192" for a in answers)
+
+
+@pytest.mark.dcmtk
+def test_findscu_patient_root_image_level(sample_server: Server, tmp_path: Path) -> None:
+    (patient,) = findscu(
+        sample_server, tmp_path / "p", "-P",
+        "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=FSQR0004",
+        "-k", "NumberOfPatientRelatedInstances",
+    )  # fmt: skip
+    assert patient.NumberOfPatientRelatedInstances == 1
+    (study,) = findscu(
+        sample_server, tmp_path / "s", "-P",
+        "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientID=FSQR0004", "-k", "StudyInstanceUID",
+    )  # fmt: skip
+    (series,) = findscu(
+        sample_server, tmp_path / "se", "-P",
+        "-k", "QueryRetrieveLevel=SERIES", "-k", "PatientID=FSQR0004",
+        "-k", f"StudyInstanceUID={study.StudyInstanceUID}", "-k", "SeriesInstanceUID",
+    )  # fmt: skip
+    (image,) = findscu(
+        sample_server, tmp_path / "i", "-P",
+        "-k", "QueryRetrieveLevel=IMAGE", "-k", "PatientID=FSQR0004",
+        "-k", f"StudyInstanceUID={study.StudyInstanceUID}",
+        "-k", f"SeriesInstanceUID={series.SeriesInstanceUID}",
+        "-k", "SOPInstanceUID", "-k", "InstanceNumber",
+    )  # fmt: skip
+    assert image.InstanceNumber == 1
+    assert image.PatientID == "FSQR0004"  # unique keys of the levels above come back
+
+
+@pytest.mark.dcmtk
+def test_findscu_missing_level_gets_a_failure(sample_server: Server, tmp_path: Path) -> None:
+    done = run_dcmtk(
+        "findscu", "-v", "-S", "-k", "PatientName=*", "127.0.0.1", str(sample_server.port),
+        cwd=tmp_path,
+    )  # fmt: skip
+    # DCMTK names A900 after its C-STORE meaning.
+    assert "Final Find Response (Error: DataSetDoesNotMatchSOPClass)" in done.stderr + done.stdout
+    # ... and the server is still there.
+    assert run_dcmtk("echoscu", "127.0.0.1", str(sample_server.port)).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def big_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with one series of 300 instances: enough answers to cancel in the middle."""
+    root = tmp_path_factory.mktemp("big")
+    write_tree(
+        root, patients=1, studies_per_patient=1, series_per_study=1, instances_per_series=300
+    )
+    with Server(server_config(root)) as server:
+        yield server
+
+
+def image_keys(server: Server) -> Dataset:
+    """An IMAGE-level identifier for every instance of the server's only series."""
+    (series,) = server.index.candidates(Level.SERIES, {})
+    assert isinstance(series, SeriesView)
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "IMAGE"
+    ds.StudyInstanceUID = series.study.study_uid
+    ds.SeriesInstanceUID = series.series.series_uid
+    ds.SOPInstanceUID = ""
+    return ds
+
+
+@pytest.mark.dcmtk
+def test_findscu_cancel_after_some_answers(big_server: Server, tmp_path: Path) -> None:
+    keys = image_keys(big_server)
+    done = run_dcmtk(
+        "findscu", "-v", "-S", "--cancel", "5",
+        "-k", "QueryRetrieveLevel=IMAGE",
+        "-k", f"StudyInstanceUID={keys.StudyInstanceUID}",
+        "-k", f"SeriesInstanceUID={keys.SeriesInstanceUID}",
+        "-k", "SOPInstanceUID",
+        "127.0.0.1", str(big_server.port), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    log = done.stdout + done.stderr
+    assert "Cancel" in log, log
+    assert "Find Response: 299 " not in log
+
+
+# -- pynetdicom client -----------------------------------------------------------------------
+
+
+def test_statuses_of_a_good_query(assoc: Any) -> None:
+    statuses, answers = query(assoc, QueryRetrieveLevel="STUDY", PatientName="DOE^J*")
+    assert statuses == [0xFF00] * 3 + [0x0000]
+    assert len(answers) == 3
+
+
+@pytest.mark.parametrize(
+    ("keys", "comment"),
+    [
+        ({"PatientName": "*"}, "QueryRetrieveLevel (0008,0052) is missing"),
+        ({"QueryRetrieveLevel": "WARD"}, "unknown QueryRetrieveLevel"),
+        ({"QueryRetrieveLevel": "SERIES"}, "needs one StudyInstanceUID"),
+    ],
+    ids=["no-level", "bad-level", "hierarchical-without-parent"],
+)
+def test_invalid_queries_fail_with_a_comment_and_the_association_goes_on(
+    assoc: Any, keys: dict[str, str], comment: str
+) -> None:
+    ds = Dataset()
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    ((status, answer),) = list(assoc.send_c_find(ds, STUDY_ROOT))
+    assert status.Status == 0xA900
+    assert comment in status.ErrorComment
+    assert answer is None
+    statuses, _ = query(assoc, QueryRetrieveLevel="STUDY", PatientID="FSQR0002")
+    assert statuses == [0xFF00, 0x0000]
+
+
+def test_an_undecodable_identifier_fails(assoc: Any) -> None:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.add_new(0x00100010, "PN", b"\xff\xfe\xfa")  # not UTF-8
+    ((status, _),) = list(assoc.send_c_find(ds, STUDY_ROOT))
+    assert status.Status == 0xA900
+    assert "cannot decode" in status.ErrorComment
+
+
+def test_relational_query_when_negotiated(sample_server: Server) -> None:
+    ae = AE(ae_title="PYCLIENT")
+    ae.add_requested_context(STUDY_ROOT)
+    ext = SOPClassExtendedNegotiation()
+    ext.sop_class_uid = STUDY_ROOT
+    ext.service_class_application_information = b"\x01"
+    assoc = ae.associate("127.0.0.1", sample_server.port, ext_neg=[ext])
+    try:
+        assert assoc.acceptor.sop_class_extended == {STUDY_ROOT: b"\x01"}
+        statuses, answers = query(assoc, QueryRetrieveLevel="SERIES", Modality="MR")
+        assert statuses[-1] == 0x0000
+        assert len(answers) == 5
+    finally:
+        assoc.release()
+
+
+def test_cancel_sent_right_behind_the_request_is_honoured(big_server: Server) -> None:
+    """C-FIND and C-CANCEL back to back: the cancel may arrive before the request is served.
+
+    pynetdicom on its own forgets a C-CANCEL that arrives before it dispatches the request;
+    fsqr must answer FE00 whatever the timing.
+    """
+    ae = AE(ae_title="CANCELLER")
+    ae.add_requested_context(STUDY_ROOT)
+    assoc = ae.associate("127.0.0.1", big_server.port)
+    # Keep the client's own reactor from taking the responses off the queue: this test reads
+    # them itself, as pynetdicom's send_* methods do.
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.001)
+    try:
+        for message_id in (1, 2, 3):
+            ds = image_keys(big_server)
+            request = C_FIND()
+            request.MessageID = message_id
+            request.AffectedSOPClassUID = STUDY_ROOT
+            request.Priority = 2
+            request.Identifier = _encoded(ds)
+            context_id = assoc._get_valid_context(STUDY_ROOT, "", "scu").context_id
+            assoc.dimse.send_msg(request, context_id)
+            assoc.send_c_cancel(message_id, context_id)
+            pending, final = _drain(assoc)
+            assert final == 0xFE00
+            assert pending < 300
+    finally:
+        assoc._reactor_checkpoint.set()
+        assoc.release()
+
+
+def test_sockets_have_nagle_switched_off(sample_server: Server, assoc: Any) -> None:
+    (accepted,) = [a for a in sample_server._listener.active_associations if a.is_established]
+    sock = accepted.dul.socket.socket
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def _values(value: Any) -> list[Any]:
+    """A multi-valued element's values; a single value as a list of one."""
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _encoded(ds: Dataset) -> BytesIO:
+    return BytesIO(encode(ds, True, True))
+
+
+def _drain(assoc: Any) -> tuple[int, int]:
+    """Read C-FIND responses until the final one; returns (pending count, final status)."""
+    pending = 0
+    while True:
+        _, response = assoc.dimse.get_msg(block=True)
+        assert response is not None, "no final response"
+        code = int(response.Status)
+        if code in (0xFF00, 0xFF01):
+            pending += 1
+            continue
+        return pending, code

@@ -1,0 +1,229 @@
+"""C-FIND as data: identifiers in, response identifiers out, over the sample data. No sockets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+
+from fsqr.errors import InvalidIdentifier
+from fsqr.index import Index
+from fsqr.keys import Model
+from fsqr.query import find, parse_identifier
+from fsqr.records import Parsed
+from fsqr.scan import HeaderCache, read_header, walk
+
+
+@pytest.fixture(scope="module")
+def index(sample_tree: Path) -> Index:
+    index = Index()
+    for path in walk(sample_tree):
+        result = read_header(path)
+        assert isinstance(result, Parsed), result
+        index.add(result)
+    return index
+
+
+def identifier(**keys: Any) -> Dataset:
+    ds = Dataset()
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def run(
+    index: Index, model: Model = Model.STUDY_ROOT, relational: bool = False, **keys: Any
+) -> list[Dataset]:
+    query = parse_identifier(identifier(**keys), model, relational=relational)
+    return list(find(index, query, "FSQR", HeaderCache()))
+
+
+def test_every_study_with_its_computed_attributes(index: Index) -> None:
+    answers = run(
+        index,
+        QueryRetrieveLevel="STUDY",
+        PatientName="*",
+        StudyInstanceUID="",
+        ModalitiesInStudy="",
+        NumberOfStudyRelatedSeries="",
+        NumberOfStudyRelatedInstances="",
+        NumberOfPatientRelatedStudies="",
+    )
+    assert len(answers) == 7
+    by_date = {a.PatientName: a for a in answers if a.PatientName == "DOE^JOHN"}
+    assert by_date  # John Doe has two studies
+    mr = next(a for a in answers if "OT" in a.ModalitiesInStudy)
+    assert list(mr.ModalitiesInStudy) == ["MR", "OT"]
+    assert (mr.NumberOfStudyRelatedSeries, mr.NumberOfStudyRelatedInstances) == (3, 11)
+    assert mr.NumberOfPatientRelatedStudies == 2
+    for a in answers:
+        assert a.QueryRetrieveLevel == "STUDY"
+        assert a.RetrieveAETitle == "FSQR"
+        assert a.InstanceAvailability == "ONLINE"
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ({"PatientName": "DOE^J*"}, 3),
+        ({"PatientName": "doe^jane"}, 1),  # PN: case-insensitive (documented choice)
+        ({"PatientName": "muller*"}, 2),  # PN: accent-insensitive, Müller^Jürgen
+        ({"PatientName": "山田*"}, 1),  # ideographic component group
+        ({"StudyDate": "20240101-"}, 5),
+        ({"StudyDate": "-20231231"}, 2),
+        ({"StudyDate": "20240115"}, 1),
+        ({"ModalitiesInStudy": "CR"}, 2),
+        ({"ModalitiesInStudy": "OT"}, 1),
+        ({"PatientSex": "F"}, 2),
+        ({"AccessionNumber": "NOPE"}, 0),
+    ],
+    ids=[
+        "wildcard",
+        "pn-case",
+        "pn-accents",
+        "pn-ideographic",
+        "date-open-end",
+        "date-open-start",
+        "date-single",
+        "modalities-in-study",
+        "modalities-other",
+        "patient-key-at-study-level",
+        "no-match",
+    ],
+)
+def test_study_level_matching(index: Index, keys: dict[str, str], expected: int) -> None:
+    assert len(run(index, QueryRetrieveLevel="STUDY", **keys)) == expected
+
+
+def test_patient_level_counts(index: Index) -> None:
+    (john,) = run(
+        index,
+        Model.PATIENT_ROOT,
+        QueryRetrieveLevel="PATIENT",
+        PatientID="FSQR0001",
+        NumberOfPatientRelatedStudies="",
+        NumberOfPatientRelatedSeries="",
+        NumberOfPatientRelatedInstances="",
+    )
+    assert (
+        john.NumberOfPatientRelatedStudies,
+        john.NumberOfPatientRelatedSeries,
+        john.NumberOfPatientRelatedInstances,
+    ) == (2, 5, 23)
+
+
+def test_image_level_by_series_returns_the_unique_keys_above(index: Index) -> None:
+    (series,) = run(
+        index, Model.STUDY_ROOT, relational=True, QueryRetrieveLevel="SERIES", Modality="OT"
+    )
+    images = run(
+        index,
+        QueryRetrieveLevel="IMAGE",
+        StudyInstanceUID=series.StudyInstanceUID,
+        SeriesInstanceUID=series.SeriesInstanceUID,
+        SOPClassUID="",
+    )
+    assert len(images) == 1
+    (image,) = images
+    assert image.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+    assert image.StudyInstanceUID == series.StudyInstanceUID
+    assert "SOPInstanceUID" in image
+
+
+def test_uid_list_matching(index: Index) -> None:
+    studies = run(index, QueryRetrieveLevel="STUDY", StudyInstanceUID="")
+    uids = [s.StudyInstanceUID for s in studies[:3]]
+    answers = run(index, QueryRetrieveLevel="STUDY", StudyInstanceUID="\\".join(uids))
+    assert sorted(a.StudyInstanceUID for a in answers) == sorted(uids)
+
+
+def test_attributes_outside_the_index_are_read_from_files(index: Index) -> None:
+    answers = run(
+        index,
+        QueryRetrieveLevel="STUDY",
+        PatientID="FSQR0002",
+        MagneticFieldStrength="",  # not a Q/R key: read from the study's files on demand
+    )
+    (answer,) = answers
+    assert answer.MagneticFieldStrength  # an MR study
+    matching = run(index, QueryRetrieveLevel="STUDY", MagneticFieldStrength="")
+    assert len(matching) == 7
+    mr = run(
+        index,
+        QueryRetrieveLevel="STUDY",
+        PatientID="",
+        Manufacturer="*",
+        MagneticFieldStrength="1.5",
+    )
+    assert "FSQR0002" in {a.PatientID for a in mr}
+    assert run(index, QueryRetrieveLevel="STUDY", Manufacturer="NO SUCH MAKER") == []
+
+
+def test_non_ascii_answers_say_utf8(index: Index) -> None:
+    (answer,) = run(index, QueryRetrieveLevel="STUDY", PatientName="Mu?oz*")
+    assert answer.SpecificCharacterSet == "ISO_IR 192"
+    assert answer.PatientName == "Muñoz^José"
+    (ascii_answer,) = run(index, QueryRetrieveLevel="STUDY", PatientName="DOE^JANE")
+    assert "SpecificCharacterSet" not in ascii_answer
+
+
+def test_keys_below_the_level_are_returned_empty(index: Index) -> None:
+    answers = run(index, QueryRetrieveLevel="STUDY", PatientID="FSQR0002", Modality="CT")
+    assert len(answers) == 1  # Modality is a series key: not matched at STUDY level
+    assert answers[0].Modality is None or answers[0].Modality == ""
+
+
+@pytest.mark.parametrize(
+    ("model", "keys", "relational", "comment"),
+    [
+        (
+            Model.STUDY_ROOT,
+            {"PatientName": "*"},
+            False,
+            "QueryRetrieveLevel (0008,0052) is missing",
+        ),
+        (Model.STUDY_ROOT, {"QueryRetrieveLevel": "FOO"}, False, "unknown QueryRetrieveLevel"),
+        (Model.STUDY_ROOT, {"QueryRetrieveLevel": "PATIENT"}, False, "not in the Study Root"),
+        (Model.STUDY_ROOT, {"QueryRetrieveLevel": "SERIES"}, False, "needs one StudyInstanceUID"),
+        (
+            Model.PATIENT_ROOT,
+            {"QueryRetrieveLevel": "STUDY", "PatientID": "FSQR*"},
+            False,
+            "needs one PatientID",
+        ),
+    ],
+    ids=[
+        "no-level",
+        "unknown-level",
+        "level-not-in-model",
+        "hierarchical-no-parent",
+        "wild-parent",
+    ],
+)
+def test_invalid_identifiers_are_refused(
+    model: Model, keys: dict[str, str], relational: bool, comment: str
+) -> None:
+    with pytest.raises(InvalidIdentifier) as raised:
+        parse_identifier(identifier(**keys), model, relational=relational)
+    assert comment in raised.value.comment
+    assert raised.value.status == 0xA900
+
+
+def test_relational_queries_need_no_parent_keys(index: Index) -> None:
+    series = run(index, relational=True, QueryRetrieveLevel="SERIES", Modality="MR")
+    assert len(series) == 5
+    images = run(
+        index, Model.PATIENT_ROOT, relational=True, QueryRetrieveLevel="IMAGE", PatientName="*Jos*"
+    )
+    assert len(images) == 1
+
+
+def test_answers_are_new_datasets(index: Index) -> None:
+    ident = identifier(QueryRetrieveLevel="STUDY", PatientName="DOE^JANE", StudyDate="")
+    query = parse_identifier(ident, Model.STUDY_ROOT, relational=False)
+    (answer,) = find(index, query, "FSQR", HeaderCache())
+    assert answer is not ident
+    assert ident.StudyDate == ""  # the identifier is never edited
+    assert answer.StudyDate == "20230920"
