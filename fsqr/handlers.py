@@ -14,7 +14,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
@@ -63,7 +63,7 @@ def set_nodelay(event: Any) -> None:
 def _identifier(event: Any) -> Dataset:
     """The request's identifier; bytes that do not decode as a data set are the peer's error."""
     try:
-        return event.identifier
+        return cast(Dataset, event.identifier)
     except Exception as exc:
         raise InvalidIdentifier(f"cannot decode the identifier: {exc}") from None
 
