@@ -1,0 +1,60 @@
+"""The architecture of DESIGN.md, checked: imports go one way, and only the edges touch
+pynetdicom and watchdog. Parses the source; imports nothing."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "fsqr"
+
+# Who may import whom inside fsqr (beyond the shared leaves records, keys, status, errors).
+LEAVES = {"records", "keys", "status", "errors"}
+ALLOWED = {
+    "keys": set(),
+    "records": {"keys"},
+    "status": set(),
+    "errors": {"status"},
+    "config": set(),
+    "matching": set(),
+    "synthetic": set(),  # writes test and sample files; nothing in the server uses it
+    "index": LEAVES,
+    "scan": LEAVES,
+    "query": LEAVES | {"matching", "index", "scan"},
+    "retrieve": LEAVES | {"index", "scan", "query"},
+    "storage": LEAVES | {"index", "scan", "config"},
+    "watch": LEAVES | {"index", "scan", "config"},
+    "handlers": LEAVES | {"config", "index", "scan", "query", "retrieve", "storage"},
+    "server": LEAVES | {"config", "handlers", "index", "scan", "watch", "storage"},
+    "cli": {"config", "server"},
+    "__main__": {"cli"},
+    "__init__": {"server", "config"},
+}
+ONLY_HERE = {"pynetdicom": {"handlers", "server"}, "watchdog": {"watch"}}
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_imports_follow_the_design(module: str) -> None:
+    assert module in ALLOWED, f"fsqr/{module}.py is new: add it to ALLOWED in this test"
+    imported = imports_of(PACKAGE / f"{module}.py")
+    inside = {name.split(".")[1] for name in imported if name.startswith("fsqr.")}
+    assert inside <= ALLOWED[module], f"fsqr.{module} imports {inside - ALLOWED[module]}"
+    for library, allowed in ONLY_HERE.items():
+        if any(name == library or name.startswith(library + ".") for name in imported):
+            assert module in allowed, f"only {sorted(allowed)} may import {library}"
