@@ -21,7 +21,8 @@ ALLOWED = {
     "matching": set(),
     "synthetic": set(),  # writes test and sample files; nothing in the server uses it
     "index": LEAVES,
-    "scan": LEAVES,
+    "header": LEAVES,
+    "scan": LEAVES | {"header"},
     "query": LEAVES | {"matching", "index", "scan"},
     "retrieve": LEAVES | {"index", "scan", "query"},
     "storage": LEAVES | {"index", "scan", "config"},
