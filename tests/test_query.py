@@ -7,6 +7,9 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
 
 from fsqr.errors import InvalidIdentifier
 from fsqr.index import Index
@@ -14,6 +17,8 @@ from fsqr.keys import Model
 from fsqr.query import find, parse_identifier
 from fsqr.records import Parsed
 from fsqr.scan import HeaderCache, read_header, walk
+from fsqr.synthetic import write_instance
+from tests.conftest import instance
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +232,65 @@ def test_answers_are_new_datasets(index: Index) -> None:
     assert answer is not ident
     assert ident.StudyDate == ""  # the identifier is never edited
     assert answer.StudyDate == "20230920"
+
+
+@pytest.fixture(scope="module")
+def charset_index(tmp_path_factory: pytest.TempPathFactory) -> Index:
+    """One patient per character set, each file written in its own encoding."""
+    root = tmp_path_factory.mktemp("charsets")
+    for n, (charset, name) in enumerate(CHARSET_NAMES.items()):
+        write_instance(
+            instance(patient_id=f"CS{n}", patient_name=name, specific_character_set=charset, n=n),
+            root / f"{n}.dcm",
+        )
+    index = Index()
+    for path in walk(root):
+        result = read_header(path)
+        assert isinstance(result, Parsed), result
+        index.add(result)
+    return index
+
+
+CHARSET_NAMES = {
+    "ISO_IR 100": "Müller^Jürgen",
+    "ISO_IR 192": "Øster^Åse",
+    "\\ISO 2022 IR 87": "Yamada^Tarou=山田^太郎=やまだ^たろう",
+    "GB18030": "Wang^XiaoDong=王^小東",
+    "ISO_IR 144": "Иванов^Иван",
+}
+
+
+@pytest.mark.parametrize(
+    ("query_charset", "pattern", "expected"),
+    [
+        ("ISO_IR 192", "山田*", "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+        ("\\ISO 2022 IR 87", "=山田^太郎", "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+        ("GB18030", "王*", "Wang^XiaoDong=王^小東"),
+        ("ISO_IR 100", "MULLER*", "Müller^Jürgen"),
+        ("ISO_IR 192", "иванов*", "Иванов^Иван"),
+        ("ISO_IR 100", "Øster*", "Øster^Åse"),
+    ],
+    ids=[
+        "utf8-to-jis",
+        "jis-to-jis",
+        "gb18030",
+        "latin1-folded",
+        "cyrillic-folded",
+        "latin1-to-utf8",
+    ],
+)
+def test_names_match_across_character_sets(
+    charset_index: Index, query_charset: str, pattern: str, expected: str
+) -> None:
+    """The identifier is encoded in one character set, the file in another: they still meet."""
+    ident = identifier(SpecificCharacterSet=query_charset, QueryRetrieveLevel="STUDY")
+    ident.PatientName = pattern
+    # Encode and decode the identifier as it would travel, in its own character set.
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True
+    write_dataset(buffer, ident)
+    travelled = read_dataset(DicomBytesIO(buffer.getvalue()), True, True)
+    query = parse_identifier(travelled, Model.STUDY_ROOT, relational=False)
+    (answer,) = find(charset_index, query, "FSQR", HeaderCache())
+    assert str(answer.PatientName) == expected
+    assert answer.SpecificCharacterSet == "ISO_IR 192"
