@@ -64,18 +64,13 @@ def server_config(root: Path, **settings: Any) -> Config:
 
 
 @pytest.fixture
-def start_server() -> Iterator[Callable[..., Server]]:
-    """Start `Server`s on free ports over given folders; all are stopped after the test."""
-    running: list[Server] = []
+def start_server(fsqr_server_factory: Callable[..., Server]) -> Callable[..., Server]:
+    """Start `Server`s on free ports over given folders (fsqr's pytest plugin, as users get it)."""
 
     def _start(root: Path, **settings: Any) -> Server:
-        server = Server(server_config(root, **settings)).start()
-        running.append(server)
-        return server
+        return fsqr_server_factory(root, ae_title="FSQR", **settings)
 
-    yield _start
-    for server in running:
-        server.stop()
+    return _start
 
 
 @pytest.fixture(scope="module")

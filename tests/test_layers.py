@@ -30,6 +30,7 @@ ALLOWED = {
     "handlers": LEAVES | {"config", "index", "scan", "query", "retrieve", "storage"},
     "server": LEAVES | {"config", "handlers", "index", "scan", "watch", "storage"},
     "cli": {"config", "server"},
+    "pytest_plugin": {"config", "server"},
     "__main__": {"cli"},
     "__init__": {"server", "config"},
 }
