@@ -109,7 +109,7 @@ def _is_complete(fp: BinaryIO, probe: _PixelProbe, explicit_vr: bool, size: int)
 def _looks_like_raw_dataset(head: bytes) -> bool:
     """True when a file without preamble starts like a little-endian data set (group 0002-0008).
 
-    >>> _looks_like_raw_dataset(bytes.fromhex("08000500") + b"CS")
+    >>> _looks_like_raw_dataset(bytes.fromhex("08000500") + b"CS" + bytes.fromhex("0a00"))
     True
     >>> _looks_like_raw_dataset(b"%PDF-1.7")
     False
