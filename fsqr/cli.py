@@ -1,24 +1,31 @@
-"""`fsqr serve [DIR]`: the command line. Reads the config, sets up logging, runs a `Server`
-until Ctrl-C or SIGTERM. Exit codes: 0 stopped cleanly, 2 bad configuration or arguments.
+"""The command line. `fsqr serve [DIR]` reads the config, sets up logging and runs a `Server`
+until Ctrl-C or SIGTERM; `fsqr ls [DIR]` shows what a folder holds, as the server would serve it.
+
+Exit codes: 0 done (`ls`: and no problem found), 1 `ls` found problems or skipped files,
+2 bad configuration or arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 import threading
+from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
 
 from fsqr.config import Config, ConfigError, load_config, with_overrides
+from fsqr.inventory import take_inventory
 from fsqr.server import Server
 
 log = logging.getLogger("fsqr")
 
 DEFAULT_CONFIG = Path("fsqr.yaml")
 EXIT_OK = 0
+EXIT_FOUND_PROBLEMS = 1
 EXIT_USAGE = 2
 
 
@@ -26,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fsqr", description="A filesystem-only DICOM Query/Retrieve server."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('fsqr')}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="index a folder and serve it over DICOM")
     serve.add_argument("root", nargs="?", type=Path, help="folder to serve (overrides `root`)")
@@ -38,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     loudness = serve.add_mutually_exclusive_group()
     loudness.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     loudness.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    ls = commands.add_parser(
+        "ls", help="show what a folder holds as fsqr would serve it, and lint it"
+    )
+    ls.add_argument("root", nargs="?", type=Path, default=Path("."), help="folder to look at")
+    ls.add_argument("--json", action="store_true", help="print JSON for scripts")
     return parser
 
 
@@ -98,8 +111,22 @@ def _serve(config: Config) -> int:
     return EXIT_OK
 
 
+def _ls(root: Path, as_json: bool) -> int:
+    if not root.is_dir():
+        print(f"fsqr: {root} is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    inventory = take_inventory(root)
+    if as_json:
+        print(json.dumps(inventory.as_json(), indent=2, ensure_ascii=False))
+    else:
+        print(inventory.as_text())
+    return EXIT_FOUND_PROBLEMS if inventory.problems or inventory.skipped else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "ls":
+        return _ls(args.root, args.json)
     try:
         config = _config(args)
     except ConfigError as exc:
