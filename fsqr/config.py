@@ -358,6 +358,8 @@ class Config:
     watch: WatchMode = field(default="native", metadata={_CHECK: _one_of(WATCH_MODES)})
     poll_interval: float = field(default=2.0, metadata={_CHECK: _seconds})
     storage: Storage = field(default=Storage(), metadata={_CHECK: _section(Storage)})
+    # a folder of Modality Worklist items (.wl/.dcm); None = no worklist service
+    worklist: Path | None = field(default=None, metadata={_CHECK: _folder})
     read_only: bool = field(default=False, metadata={_CHECK: _boolean})
     allow_get_without_role_selection: bool = field(default=False, metadata={_CHECK: _boolean})
 
@@ -517,6 +519,9 @@ def load_config(path: Path | None) -> Config:
             f"must be a mapping of keys to values, like 'port: 11112'; got {_shown(data)}"
         )
     config = _from_mapping(Config, data, at)
+    # Folders named in a file are relative to the file, so a config works from anywhere.
     if data.get("root") is not None and not config.root.is_absolute():
-        return replace(config, root=path.parent.absolute() / config.root)
+        config = replace(config, root=path.parent.absolute() / config.root)
+    if config.worklist is not None and not config.worklist.is_absolute():
+        config = replace(config, worklist=path.parent.absolute() / config.worklist)
     return config

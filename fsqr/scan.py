@@ -177,46 +177,26 @@ def parsed_from_dataset(
     ds: Dataset, path: str, size: int, mtime_ns: int, transfer_syntax: str
 ) -> Parsed | Skipped:
     """Split a header into records; used by the scan and by C-STORE for what it just wrote."""
-    uids = {}
-    for level in Level:
-        keyword = indexed_keys(level)[0].keyword
-        uids[level] = element_text(ds.get(indexed_keys(level)[0].tag))
-        if level is not Level.PATIENT and not uids[level]:
-            return Skipped(path, f"no {keyword}")
-    sop_class = element_text(ds.get(0x00080016)) or str(
-        ds.file_meta.get("MediaStorageSOPClassUID", "")
-    )
-    if not sop_class:
-        return Skipped(path, "no SOPClassUID")
-
-    def values(level: Level) -> tuple[str, ...]:
-        # Interned: a study's 500 instances then share one copy of each repeated string.
-        return tuple(sys.intern(element_text(ds.get(k.tag))) for k in indexed_keys(level))
-
-    return Parsed(
-        patient=Patient(uids[Level.PATIENT], values(Level.PATIENT)),
-        study=Study(uids[Level.STUDY], uids[Level.PATIENT], values(Level.STUDY)),
-        series=Series(uids[Level.SERIES], uids[Level.STUDY], values(Level.SERIES)),
-        instance=Instance(
-            sop_instance_uid=uids[Level.IMAGE],
-            series_uid=uids[Level.SERIES],
-            sop_class_uid=sys.intern(sop_class),
-            transfer_syntax_uid=sys.intern(transfer_syntax),
-            path=path,
-            size=size,
-            mtime_ns=mtime_ns,
-            values=values(Level.IMAGE),
-        ),
+    return records_from(
+        lambda tag: element_text(ds.get(tag)),
+        lambda: str(ds.file_meta.get("MediaStorageSOPClassUID", "")),
+        path=path,
+        size=size,
+        mtime_ns=mtime_ns,
+        transfer_syntax=transfer_syntax,
     )
 
 
 def is_candidate_name(name: str) -> bool:
-    """False for files the scan never looks at: fsqr's own files still being written.
+    """False for files the scan never looks at: fsqr's own files still being written, and
+    Modality Worklist items (`.wl`, see worklist.py), which are scheduled work, not images.
 
-    >>> is_candidate_name(".fsqr-1234.tmp"), is_candidate_name("IMG0001.dcm")
-    (False, True)
+    >>> is_candidate_name(".fsqr-1234.tmp"), is_candidate_name("item.wl")
+    (False, False)
+    >>> is_candidate_name("IMG0001.dcm")
+    True
     """
-    return not name.startswith(TEMP_PREFIX)
+    return not name.startswith(TEMP_PREFIX) and not name.lower().endswith(".wl")
 
 
 def is_inside(path: str, root_real: str) -> bool:

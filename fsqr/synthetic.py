@@ -611,6 +611,66 @@ def write_sample_data(root: Path) -> list[Path]:
                 )
                 path = study_dir / f"SE{series.number:02d}_{name}" / f"IMG{number:04d}.dcm"
                 paths.append(write_instance(ds, path))
+    return paths + write_worklist(root / "worklist")
+
+
+# The sample Modality Worklist: one scheduled procedure step per item.
+SAMPLE_WORKLIST = (
+    # PatientID, name, birth date, sex, modality, station AE, date, time, procedure
+    ("FSQR0006", "SMITH^ANNA", "19750312", "F", "CT", "CT01", "20241202", "090000", "CT CHEST"),
+    (
+        "FSQR0007",
+        "Nakamura^Yui=中村^結衣",
+        "19880705",
+        "F",
+        "MR",
+        "MR01",
+        "20241202",
+        "103000",
+        "MR KNEE RIGHT",
+    ),
+    ("FSQR0001", "DOE^JOHN", "19600101", "M", "CR", "CR01", "20241203", "140000", "CR CHEST PA"),
+)
+MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"  # PS3.4 K.6.1.2: the SOP Class it answers
+
+
+def write_worklist(folder: Path) -> list[Path]:
+    """Write the sample worklist items (.wl files, PS3.4 K.6.1) into `folder`; return paths."""
+    paths = []
+    for number, row in enumerate(SAMPLE_WORKLIST, 1):
+        patient_id, name, birth, sex, modality, station, day, time, procedure = row
+        ds = Dataset()
+        if not name.isascii():
+            ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.AccessionNumber = f"WL{number:04d}"
+        ds.ReferringPhysicianName = "REFERRER^RITA"
+        ds.PatientName = name
+        ds.PatientID = patient_id
+        ds.PatientBirthDate = birth
+        ds.PatientSex = sex
+        ds.StudyInstanceUID = synthetic_uid("worklist", number, "study")
+        ds.RequestedProcedureDescription = procedure
+        ds.RequestedProcedureID = f"RP{number:04d}"
+        step = Dataset()
+        step.Modality = modality
+        step.ScheduledStationAETitle = station
+        step.ScheduledProcedureStepStartDate = day
+        step.ScheduledProcedureStepStartTime = time
+        step.ScheduledPerformingPhysicianName = "TECH^TOM"
+        step.ScheduledProcedureStepDescription = procedure
+        step.ScheduledProcedureStepID = f"SPS{number:04d}"
+        step.ScheduledStationName = station
+        step.ScheduledProcedureStepStatus = "SCHEDULED"
+        ds.ScheduledProcedureStepSequence = [step]
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = UID(MODALITY_WORKLIST_FIND)
+        meta.MediaStorageSOPInstanceUID = UID(synthetic_uid("worklist", number))
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+        item = FileDataset("", ds, file_meta=meta, preamble=b"\0" * 128)
+        path = folder / f"item{number:04d}.wl"
+        paths.append(write_instance(item, path))
     return paths
 
 

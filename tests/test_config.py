@@ -395,6 +395,7 @@ def test_config_from_mapping_accepts_the_dataclasses() -> None:
 def test_shipped_example_loads() -> None:
     config = load_config(REPO / "fsqr.yaml")
     assert config.root == REPO / "sample_data"
+    assert config.worklist == REPO / "sample_data" / "worklist"
     assert (config.ae_title, config.port) == ("FSQR", 11112)
     assert config.peer("STORESCP") == Peer("STORESCP", "127.0.0.1", 11113)
     assert len(config.ae_table) == 2
@@ -402,7 +403,8 @@ def test_shipped_example_loads() -> None:
 
 def test_shipped_example_shows_the_defaults() -> None:
     config = load_config(REPO / "fsqr.yaml")
-    assert dataclasses.replace(config, root=Path("."), ae_table=AETable()) == Config()
+    examples = {"root": Path("."), "ae_table": AETable(), "worklist": None}
+    assert dataclasses.replace(config, **examples) == Config()
 
 
 def test_shipped_example_names_every_key() -> None:
