@@ -1,5 +1,6 @@
 """From files to records: one file's header to a `Parsed` or a `Skipped` (pure), and the start-up
-walk that does this for a whole tree, on every core.
+walk that does this for a whole tree, on every core. A header is read by header.py's fast reader
+first; pydicom reads whatever that one declines, and is the reference it is tested against.
 
 This module reads files and nothing else: it knows neither the index's locking nor networking.
 """
@@ -9,20 +10,17 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import sys
 import threading
 import warnings
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import dcmread, read_partial
-from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -31,42 +29,33 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from fsqr.keys import Level, indexed_keys
-from fsqr.records import Instance, Parsed, Patient, Series, Skipped, Study
+from fsqr.header import (
+    DICOMDIR,
+    EMPTY,
+    MEDIA_STORAGE_DIRECTORY,
+    NOT_DICOM,
+    TRUNCATED,
+    looks_like_raw_dataset,
+    read_indexed,
+    records_from,
+)
+from fsqr.header import PIXEL_TAGS as _PIXEL_TAGS
+from fsqr.header import SEQUENCE_DELIMITER as _SEQUENCE_DELIMITER
+from fsqr.header import UNDEFINED_LENGTH as _UNDEFINED_LENGTH
+
+# Re-exported: query and storage read values as the index stores them.
+from fsqr.header import element_text as element_text  # noqa: PLC0414 (mypy's explicit re-export)
+from fsqr.records import Parsed, Patient, Series, Skipped, Study
 
 log = logging.getLogger(__name__)
 
-MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # PS3.4 Annex F: the DICOMDIR's SOP Class
-_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # float, double, plain pixel data
-_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # PS3.5 7.5: ends encapsulated pixels
-_UNDEFINED_LENGTH = 0xFFFFFFFF
 TEMP_PREFIX = ".fsqr-"  # files fsqr is still writing (storage.py); never indexed
 
-# Below this many files the start-up scan reads them in this process: starting worker
-# processes costs more than it saves.
-_PARALLEL_THRESHOLD = 1000
+# Below this many files the start-up scan reads them in this process alone: a worker process
+# takes about a quarter of a second to start and import pydicom, time in which this process
+# reads some 5,000 headers itself (header.py reads ~20,000 a second on one core).
+_PARALLEL_THRESHOLD = 5000
 _CHUNK = 200  # files per worker task: large enough to amortise pickling, small enough to balance
-
-
-def element_text(element: DataElement | None) -> str:
-    """An element's value as the index stores it: decoded text, values joined by backslash.
-
-    >>> from pydicom.dataelem import DataElement
-    >>> element_text(DataElement(0x00080060, "CS", "MR"))
-    'MR'
-    >>> element_text(DataElement(0x00080061, "CS", ["CT", "MR"]))
-    'CT\\\\MR'
-    >>> element_text(None)
-    ''
-    """
-    if element is None or element.VR == "SQ":
-        return ""
-    value = element.value
-    if value is None or isinstance(value, bytes):
-        return ""
-    if isinstance(value, MultiValue | list | tuple):
-        return "\\".join("" if v is None else str(v) for v in value)
-    return str(value).strip()
 
 
 class _PixelProbe:
@@ -106,20 +95,6 @@ def _is_complete(fp: BinaryIO, probe: _PixelProbe, explicit_vr: bool, size: int)
     return _value_offset(fp, probe, explicit_vr) + probe.length <= size
 
 
-def _looks_like_raw_dataset(head: bytes) -> bool:
-    """True when a file without preamble starts like a little-endian data set (group 0002-0008).
-
-    >>> _looks_like_raw_dataset(bytes.fromhex("08000500") + b"CS" + bytes.fromhex("0a00"))
-    True
-    >>> _looks_like_raw_dataset(b"%PDF-1.7")
-    False
-    """
-    if len(head) < 8:
-        return False
-    group = int.from_bytes(head[0:2], "little")
-    return group in (0x0002, 0x0008)
-
-
 def _transfer_syntax(ds: Dataset) -> str:
     meta = getattr(ds, "file_meta", None)
     uid = meta.get("TransferSyntaxUID") if meta is not None else None
@@ -135,8 +110,17 @@ def _transfer_syntax(ds: Dataset) -> str:
 def read_header(path: str) -> Parsed | Skipped:
     """Read one file's header (never its pixels) and split it into the records of each level.
 
+    The fast reader (`header.read_indexed`) goes first; whatever it is not sure of, pydicom reads.
     Never raises: whatever is wrong with the file comes back as `Skipped` with a reason.
     """
+    fast = read_indexed(path)
+    if fast is not None:
+        return fast
+    return read_header_with_pydicom(path)
+
+
+def read_header_with_pydicom(path: str) -> Parsed | Skipped:
+    """`read_header` by pydicom alone: the fallback, and what the fast reader is tested against."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -151,25 +135,25 @@ def read_header(path: str) -> Parsed | Skipped:
 def _read_header(path: str) -> Parsed | Skipped:
     st = os.stat(path)
     if st.st_size == 0:
-        return Skipped(path, "empty file")
+        return Skipped(path, EMPTY)
     probe = _PixelProbe()
     with open(path, "rb") as fp:
         try:
             ds = read_partial(fp, stop_when=probe)
         except InvalidDicomError:
             fp.seek(0)
-            if not _looks_like_raw_dataset(fp.read(8)):
-                return Skipped(path, "not a DICOM file")
+            if not looks_like_raw_dataset(fp.read(8)):
+                return Skipped(path, NOT_DICOM)
             fp.seek(0)
             ds = read_partial(fp, stop_when=probe, force=True)
         if ds.file_meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
-            return Skipped(path, "DICOMDIR (a media directory, not an instance)")
+            return Skipped(path, DICOMDIR)
         transfer_syntax = _transfer_syntax(ds)
         explicit = transfer_syntax != ImplicitVRLittleEndian
         if transfer_syntax != DeflatedExplicitVRLittleEndian and not _is_complete(
             fp, probe, explicit, st.st_size
         ):
-            return Skipped(path, "truncated: pixel data runs past the end of the file")
+            return Skipped(path, TRUNCATED)
     return parsed_from_dataset(ds, path, st.st_size, st.st_mtime_ns, transfer_syntax)
 
 
@@ -204,13 +188,14 @@ def is_inside(path: str, root_real: str) -> bool:
     return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
-def walk(root: Path) -> Iterator[str]:
+def walk(root: Path, boundary: Path | None = None) -> Iterator[str]:
     """Every candidate file under `root`, following symlinks only while they stay inside it.
 
     A symlink that leads outside the root is not followed (the server serves its folder, not
-    the machine), and a folder reached twice (a symlink loop) is walked once.
+    the machine), and a folder reached twice (a symlink loop) is walked once. `boundary` is the
+    served root when `root` is only a folder below it (a rescan): links may lead anywhere in it.
     """
-    root_real = os.path.realpath(root)
+    root_real = os.path.realpath(root if boundary is None else boundary)
     seen_dirs: set[tuple[int, int]] = set()
     stack = [str(root)]
     while stack:
@@ -238,15 +223,33 @@ def walk(root: Path) -> Iterator[str]:
 
 
 def _read_chunk(paths: list[str]) -> list[Parsed | Skipped]:
-    return [read_header(p) for p in paths]
+    """Read a chunk of files. Equal patient, study and series records become one object, so that
+    a worker pickles each once per chunk and the scanning process unpickles and keeps it once."""
+    patients: dict[Patient, Patient] = {}
+    studies: dict[Study, Study] = {}
+    series: dict[Series, Series] = {}
+    results: list[Parsed | Skipped] = []
+    for path in paths:
+        result = read_header(path)
+        if isinstance(result, Parsed):
+            result = Parsed(
+                patients.setdefault(result.patient, result.patient),
+                studies.setdefault(result.study, result.study),
+                series.setdefault(result.series, result.series),
+                result.instance,
+            )
+        results.append(result)
+    return results
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
     # forkserver: workers fork from a clean single-threaded process, never from a server that
-    # already runs threads (forking those can deadlock); the preload keeps each fork cheap.
+    # already runs threads (forking those can deadlock). Nothing is preloaded into it: with a
+    # preload the first task waits until the forkserver has imported pydicom (~0.25 s); without
+    # one each worker imports fsqr.scan itself while this process goes on reading files.
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["fsqr.scan"])
+        ctx.set_forkserver_preload([])
         return ctx
     return multiprocessing.get_context("spawn")
 
@@ -258,30 +261,39 @@ def scan_files(
 ) -> Iterator[Parsed | Skipped]:
     """Read the headers of `paths`, in parallel when there are many; results in any order.
 
-    `workers` 0 means one per CPU core. `progress(done, total)` is called as chunks finish.
+    `workers` 0 means one per CPU core, this process included: it reads a chunk itself whenever
+    no worker's result is waiting, so it works while the worker processes start, and it reads
+    the last chunks itself rather than wait for a worker that may still be starting (a worker's
+    answer for a chunk read here is dropped). `progress(done, total)` is called as chunks finish.
     """
     total = len(paths)
     workers = workers or os.cpu_count() or 1
-    if total < _PARALLEL_THRESHOLD or workers == 1:
-        for done, path in enumerate(paths, 1):
-            yield read_header(path)
-            if progress and done % _CHUNK == 0:
-                progress(done, total)
-        if progress:
-            progress(total, total)
-        return
-    chunks = [paths[i : i + _CHUNK] for i in range(0, total, _CHUNK)]
+    chunks = deque(paths[i : i + _CHUNK] for i in range(0, total, _CHUNK))
+    pool = None
+    if total >= _PARALLEL_THRESHOLD and workers > 1:
+        pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=_pool_context())
+    sent: deque[tuple[Future[list[Parsed | Skipped]], list[str]]] = deque()
     done = 0
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-        futures: Iterable[Future[list[Parsed | Skipped]]] = [
-            pool.submit(_read_chunk, chunk) for chunk in chunks
-        ]
-        for future in futures:
-            results = future.result()
+    try:
+        while chunks or sent:
+            while pool is not None and chunks and len(sent) < 2 * (workers - 1):
+                chunk = chunks.popleft()  # each worker has its next chunk waiting
+                sent.append((pool.submit(_read_chunk, chunk), chunk))
+            if sent and sent[0][0].done():
+                results = sent.popleft()[0].result()
+            elif chunks:
+                results = _read_chunk(chunks.pop())
+            else:
+                results = _read_chunk(sent.popleft()[1])
             done += len(results)
             yield from results
             if progress:
                 progress(done, total)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+    if progress and not total:
+        progress(0, 0)
 
 
 class HeaderCache:

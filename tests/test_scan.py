@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
+from fsqr import scan
 from fsqr.records import Parsed, Skipped
 from fsqr.scan import read_header, scan_files, walk
 from fsqr.synthetic import write_tree
@@ -106,7 +108,8 @@ def test_walk_follows_symlinks_inside_the_root_only(tmp_path: Path) -> None:
     assert found == ["a/f1"]
 
 
-def test_parallel_and_serial_scans_agree(tmp_path: Path) -> None:
+def test_parallel_and_serial_scans_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file is read once, by this process or by a worker, with the same result."""
     paths = [
         str(p)
         for p in write_tree(
@@ -122,6 +125,17 @@ def test_parallel_and_serial_scans_agree(tmp_path: Path) -> None:
         for r in scan_files(paths, workers=1)
         if isinstance(r, Parsed)
     )
+    read_here: list[str] = []
+
+    def slow_read_header(path: str) -> Parsed | Skipped:
+        # This process reads slowly, so that the worker (a fresh process, which does not see
+        # this patch) gets chunks of its own once it has started.
+        time.sleep(0.005)
+        read_here.append(path)
+        return read_header(path)
+
+    monkeypatch.setattr(scan, "_PARALLEL_THRESHOLD", 0)
+    monkeypatch.setattr(scan, "read_header", slow_read_header)
     parallel = sorted(
         (r.instance.path, r.instance.values)
         for r in scan_files(paths, workers=2)
@@ -129,3 +143,4 @@ def test_parallel_and_serial_scans_agree(tmp_path: Path) -> None:
     )
     assert len(serial) == len(paths) == 1200
     assert parallel == serial
+    assert 0 < len(read_here) < len(paths)
