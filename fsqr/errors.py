@@ -35,3 +35,39 @@ class MoveDestinationUnknown(DimseError):
     """The Move Destination is not in the AE table (A801)."""
 
     status = status.MOVE_DESTINATION_UNKNOWN
+
+
+class TooManyMatches(DimseError):
+    """More instances match than a C-MOVE/C-GET response can count: 65535 (A701)."""
+
+    status = status.OUT_OF_RESOURCES_MATCHES
+
+
+class StoreRefused(DimseError):
+    """C-STORE refused: this server is read-only (0124, PS3.7 C.5.x Refused: Not Authorized)."""
+
+    status = status.NOT_AUTHORIZED
+
+
+class DuplicateInstance(DimseError):
+    """C-STORE of a SOP Instance UID already stored, with `on_duplicate: reject` (0111)."""
+
+    status = status.DUPLICATE_SOP_INSTANCE
+
+
+class OutOfResources(DimseError):
+    """The instance cannot be written: disk full, no permission, ... (A700, PS3.4 B.2.3)."""
+
+    status = status.OUT_OF_RESOURCES
+
+
+class DataSetMismatch(DimseError):
+    """The data set is not the instance the request names (A900, PS3.4 B.2.3)."""
+
+    status = status.DATASET_DOES_NOT_MATCH
+
+
+class CannotUnderstand(DimseError):
+    """The data set cannot be parsed (C000, PS3.4 B.2.3)."""
+
+    status = status.CANNOT_UNDERSTAND

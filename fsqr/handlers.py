@@ -4,29 +4,41 @@ Each handler reads a request, calls the core (query, retrieve, storage), and yie
 pynetdicom sends back. Anything a peer sends that the core refuses arrives here as a
 `DimseError` carrying its status and ErrorComment; anything unexpected is logged with its
 traceback and answered with a failure status, and the association and the server go on.
+
+C-MOVE and C-GET are served a level below pynetdicom's events: fsqr takes those requests before
+pynetdicom's Query/Retrieve service class, runs `retrieve.run` over its own C-STORE
+sub-operations, and sends each response itself (the section "C-MOVE and C-GET" says why). All of
+fsqr's DIMSE plumbing lives here, so that only this module and server.py import pynetdicom.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from io import BytesIO
+from pathlib import Path
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from pynetdicom import evt
+from pydicom.uid import UID
+from pynetdicom import AE, build_context, evt
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
+from pynetdicom.dsutils import encode as encode_dataset
 
-from fsqr import status
-from fsqr.config import Config
-from fsqr.errors import DimseError, InvalidIdentifier
+from fsqr import retrieve, status
+from fsqr.config import Config, Peer
+from fsqr.errors import DimseError, InvalidIdentifier, MoveDestinationUnknown
 from fsqr.index import Index
-from fsqr.keys import FIND_MODELS, GET_MODELS, MOVE_MODELS
-from fsqr.query import find, parse_identifier
+from fsqr.keys import FIND_MODELS, GET_MODELS, MOVE_MODELS, Model
+from fsqr.query import find, instances_to_retrieve, parse_identifier, parse_retrieve_identifier
 from fsqr.scan import HeaderCache
+from fsqr.storage import Receiver
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +118,7 @@ class CancelRegistry:
         if command.get("CommandField") != C_CANCEL_RQ:
             return
         message_id = int(command.MessageIDBeingRespondedTo)
+        log.info("C-CANCEL from %s for message %d", caller(event.assoc), message_id)
         with self._lock:
             seen = self._seen.setdefault(event.assoc, [])
             seen.append(message_id)
@@ -123,6 +136,389 @@ class CancelRegistry:
                 seen.remove(event.request.MessageID)
 
 
+# -- C-MOVE and C-GET, below pynetdicom's Query/Retrieve service class -----------------------
+#
+# pynetdicom runs the sub-operation loop of C-MOVE and C-GET itself: an EVT_C_MOVE handler yields
+# the destination, then the number of sub-operations, then (status, Dataset) pairs, and
+# pynetdicom opens the sub-association, sends each Dataset, counts the responses and writes the
+# final response. That protocol cannot say what fsqr's retrieve must do (PS3.4 C.4.2, C.4.3):
+#   - it sends only decoded Datasets, re-encoding every instance (a path is counted failed);
+#   - it opens one sub-association, so more than 128 presentation contexts cannot be used, and
+#     answers A801 (destination unknown) when the destination cannot be reached;
+#   - it computes the counts and the final status from its own sub-operations only, so a file
+#     deleted, a conversion refused or a context the SCU did not offer cannot be reported;
+#   - it waits with send_c_store, which aborts the association on a DIMSE timeout and races
+#     the association's reactor thread for the response (pynetdicom issues #435, #875).
+# So fsqr takes the C-MOVE and C-GET requests of its own Q/R SOP Classes off pynetdicom before
+# its service class sees them (`take_retrieve_requests`), runs `retrieve.run`, and sends every
+# response itself over the DIMSE provider. These pynetdicom internals are used, here only:
+# Association._serve_request (where requests are dispatched, replaced per association),
+# Association._is_paused and ._reactor_checkpoint (how pynetdicom's own send_* methods keep the
+# reactor thread off the DIMSE queue), C_STORE._dataset_path (what send_c_store sets to stream a
+# data set from a file), and DULServiceProvider._run_loop_delay (see SENDING_LOOP_DELAY).
+# tests/test_interop_retrieve.py fails if a pynetdicom release changes any of them.
+
+
+# PS3.4 C.4.2.3.1: pending responses are optional progress reports. Each costs about as much as a
+# small instance's C-STORE, so while instances go faster than this, one goes out per interval.
+PENDING_INTERVAL = 0.1  # seconds
+
+# pynetdicom's DUL thread sleeps 1 ms whenever it finds nothing to do, so each message may wait
+# that long to be sent and each response to be read; with one C-STORE exchange per instance,
+# those waits are most of what a small instance costs. While fsqr sends sub-operations over an
+# association, its DUL thread looks again after this long instead.
+SENDING_LOOP_DELAY = 0.0001  # seconds
+
+
+def _accepted_context(assoc: Any, context_id: int) -> Any | None:
+    return next((cx for cx in assoc.accepted_contexts if cx.context_id == context_id), None)
+
+
+class _Responder:
+    """The SCU of one C-MOVE or C-GET (a `retrieve.Requestor`): its cancels, whether it is still
+    there, and the responses fsqr sends it (PS3.7 9.3.3, 9.3.4)."""
+
+    def __init__(self, event: Any, cancels: CancelRegistry) -> None:
+        self._event = event
+        self._cancels = cancels
+        self._assoc = event.assoc
+        self._request = event.request
+        self._context_id = int(event.context.context_id)
+        self._syntax = UID(event.context.transfer_syntax)
+        self.counts = retrieve.Tally(0)  # as last reported
+        self._reported = -PENDING_INTERVAL  # monotonic time of the last pending response
+
+    def cancelled(self) -> bool:
+        return self._cancels.is_cancelled(self._event) or bool(self._event.is_cancelled)
+
+    def gone(self) -> bool:
+        assoc = self._assoc
+        return bool(assoc.is_aborted or assoc.acse.is_aborted() or not assoc.dul.is_alive())
+
+    def pending(self, tally: retrieve.Tally) -> None:
+        """Progress: a pending response, at most one per PENDING_INTERVAL."""
+        self.counts = tally
+        if time.monotonic() - self._reported >= PENDING_INTERVAL:
+            self.report()
+
+    def report(self) -> None:
+        """A pending response with the counts so far, now.
+
+        Also sent as each C-MOVE sub-association connects: an SCU that is its own Move
+        Destination on one thread (DCMTK's DIMSE_moveUser: movescu --port) looks for the
+        incoming association only after a C-MOVE response or a 1 s poll of the main
+        association; this response makes it look at once.
+        """
+        self._reported = time.monotonic()
+        self._send(self._response(status.PENDING, self.counts))
+
+    def final(self, outcome: retrieve.Outcome) -> None:
+        """The final response; none when the SCU has gone."""
+        code, tally = outcome.status, outcome.tally
+        if code is None:
+            return
+        rsp = self._response(code, tally)
+        if code != status.CANCEL:
+            rsp.NumberOfRemainingSuboperations = None  # PS3.7 9.3.3.2: only while pending
+        if code == status.OUT_OF_RESOURCES_SUBOPS and outcome.reason:
+            rsp.ErrorComment = outcome.reason[:64]
+        if code != status.SUCCESS:
+            # PS3.4 C.4.2.1.5 and C.4.3.1.4: the identifier lists the failed SOP Instances.
+            identifier = Dataset()
+            identifier.FailedSOPInstanceUIDList = retrieve.failed_uid_list(
+                tally.failed_uids, explicit_vr=not self._syntax.is_implicit_VR
+            )
+            encoded = encode_dataset(
+                identifier,
+                self._syntax.is_implicit_VR,
+                self._syntax.is_little_endian,
+                self._syntax.is_deflated,
+            )
+            rsp.Identifier = BytesIO(encoded or b"")
+        self._send(rsp)
+
+    def refuse(self, code: int, comment: str) -> None:
+        """A final failure before any sub-operation (A701, A801, A900, C000)."""
+        rsp = self._response(code, None)
+        rsp.ErrorComment = comment[:64]
+        self._send(rsp)
+
+    def _response(self, code: int, tally: retrieve.Tally | None) -> Any:
+        rsp = type(self._request)()  # a C_MOVE or C_GET primitive
+        rsp.MessageIDBeingRespondedTo = self._request.MessageID
+        rsp.AffectedSOPClassUID = self._request.AffectedSOPClassUID
+        rsp.Status = code
+        if tally is not None:
+            rsp.NumberOfRemainingSuboperations = tally.remaining
+            rsp.NumberOfCompletedSuboperations = tally.completed
+            rsp.NumberOfFailedSuboperations = tally.failed
+            rsp.NumberOfWarningSuboperations = tally.warning
+        return rsp
+
+    def _send(self, rsp: Any) -> None:
+        if not self.gone():
+            self._assoc.dimse.send_msg(rsp, self._context_id)
+
+
+class _StoreSender:
+    """C-STORE requests over one association, each answered by its response or a timeout.
+
+    Responses are read straight from the association's DIMSE queue and matched by Message ID:
+    a response that comes after its timeout is recognised and dropped, never taken for the
+    answer to a later request.
+    """
+
+    def __init__(
+        self, assoc: Any, *, timeout: float, priority: int, originator: tuple[str, int] | None
+    ) -> None:
+        self.assoc = assoc
+        self._timeout = timeout
+        self._priority = priority
+        self._originator = originator  # C-MOVE: Move Originator AE Title and Message ID
+        self._message_id = 0
+        self.stashed: list[tuple[int, Any]] = []  # requests that came while waiting (C-GET)
+
+    def store(self, context_id: int, outgoing: retrieve.Outgoing) -> retrieve.Stored:
+        self._message_id = self._message_id % 65535 + 1  # PS3.7 9.3.1.1: Message ID is US
+        req = C_STORE()
+        req.MessageID = self._message_id
+        req.AffectedSOPClassUID = outgoing.sop_class_uid
+        req.AffectedSOPInstanceUID = outgoing.sop_instance_uid
+        req.Priority = self._priority
+        if self._originator is not None:  # PS3.7 9.1.1.1: who asked for the C-MOVE
+            req.MoveOriginatorApplicationEntityTitle = self._originator[0]
+            req.MoveOriginatorMessageID = self._originator[1]
+        payload = outgoing.payload
+        if isinstance(payload, retrieve.FromFile):
+            # pynetdicom then reads the data set from the file in PDU-sized pieces as it sends.
+            req._dataset_path = (Path(payload.path), payload.offset)
+        else:
+            req.DataSet = BytesIO(payload.data)
+        self.assoc.dimse.send_msg(req, context_id)
+        return self._response_to(self._message_id)
+
+    def _response_to(self, message_id: int) -> retrieve.Stored:
+        messages = self.assoc.dimse.msg_queue
+        deadline = time.monotonic() + self._timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return retrieve.Stored(
+                    None, f"no C-STORE response within {self._timeout:g} s", usable=False
+                )
+            try:
+                context_id, msg = messages.get(timeout=left)
+            except queue.Empty:
+                continue
+            if msg is None:  # pynetdicom's signal: aborted, or the connection closed
+                messages.put((None, None))
+                return retrieve.Stored(None, "the association was aborted", usable=False)
+            if isinstance(msg, C_STORE) and msg.is_valid_response:
+                if msg.MessageIDBeingRespondedTo == message_id:
+                    code = None if msg.Status is None else int(msg.Status)
+                    return retrieve.Stored(code, str(msg.ErrorComment or ""))
+                log.debug(
+                    "dropped a late C-STORE response to message %s", msg.MessageIDBeingRespondedTo
+                )
+            elif msg.is_valid_request:
+                self.stashed.append((context_id, msg))
+            else:
+                log.warning("ignored a %s while waiting for a C-STORE response", msg.msg_type)
+
+
+class _SubAssociation:
+    """A C-MOVE sub-association to the Move Destination (a `retrieve.Link`)."""
+
+    def __init__(self, assoc: Any, peer: Peer, sender: _StoreSender) -> None:
+        self._assoc = assoc
+        self._peer = peer
+        self._sender = sender
+        self._usable = True
+        self._contexts: dict[str, dict[str, int]] = {}  # SOP Class -> transfer syntax -> ID
+        for cx in assoc.accepted_contexts:
+            syntaxes = self._contexts.setdefault(str(cx.abstract_syntax), {})
+            syntaxes.setdefault(str(cx.transfer_syntax[0]), int(cx.context_id))
+        # The association's reactor thread also reads the DIMSE queue, and drops any response it
+        # finds there (the lost responses of pynetdicom issues #435, #875). It is held at its
+        # checkpoint while fsqr sends, as send_c_store holds it for one message (and then it
+        # does not wake every millisecond to compete for the GIL); should it take a response
+        # all the same, in the moment before it stops, it hands the response back.
+        assoc._reactor_checkpoint.clear()
+        assoc.dul._run_loop_delay = SENDING_LOOP_DELAY  # the association ends with the move
+        dispatch = assoc._serve_request
+
+        def serve_request(msg: Any, context_id: int) -> None:
+            if msg is not None and msg.is_valid_response:
+                assoc.dimse.msg_queue.put((context_id, msg))
+            else:
+                dispatch(msg, context_id)
+
+        assoc._serve_request = serve_request
+
+    @classmethod
+    def open(
+        cls,
+        ae: Any,
+        peer: Peer,
+        batch: retrieve.Batch,
+        *,
+        config: Config,
+        priority: int,
+        originator: tuple[str, int],
+        on_connect: Callable[[], None],
+    ) -> _SubAssociation:
+        """Associate with `peer`, proposing the batch's contexts; raises retrieve.Unreachable."""
+        where = f"{peer.ae_title} at {peer.host}:{peer.port}"
+        contexts = [
+            build_context(c.abstract_syntax, list(c.transfer_syntaxes)) for c in batch.contexts
+        ]
+        connected = threading.Event()
+
+        def connect(event: Any) -> None:
+            connected.set()
+            on_connect()
+
+        try:
+            assoc = ae.associate(
+                peer.host,
+                peer.port,
+                contexts=contexts,
+                ae_title=peer.ae_title,
+                max_pdu=config.max_pdu,
+                evt_handlers=[
+                    (evt.EVT_CONN_OPEN, set_nodelay),
+                    (evt.EVT_CONN_OPEN, connect),
+                ],
+            )
+        except Exception as exc:  # e.g. a host name that does not resolve
+            raise retrieve.Unreachable(f"cannot connect: {exc} ({where})") from None
+        if not assoc.is_established:
+            # The reason first: it is what fits in a response's 64-character Error Comment.
+            timeouts = config.timeouts
+            if not connected.is_set():
+                reason = f"connection refused or timed out ({timeouts.connect:g} s)"
+            elif assoc.is_rejected:
+                answer = assoc.acceptor.primitive
+                reason = f"association rejected: {getattr(answer, 'reason_str', '')}"
+            else:
+                reason = f"no association within {timeouts.acse:g} s"
+            raise retrieve.Unreachable(f"{reason} ({where})")
+        sender = _StoreSender(
+            assoc, timeout=config.timeouts.dimse, priority=priority, originator=originator
+        )
+        log.debug(
+            "C-MOVE sub-association to %s: %d contexts accepted",
+            where,
+            len(assoc.accepted_contexts),
+        )
+        return cls(assoc, peer, sender)
+
+    def transfer_syntaxes(self, sop_class_uid: str) -> tuple[str, ...]:
+        return tuple(self._contexts.get(sop_class_uid, ()))
+
+    def why_not(self, sop_class_uid: str) -> str:
+        return (
+            f"{self._peer.ae_title} accepted no presentation context for {_sop_name(sop_class_uid)}"
+        )
+
+    def store(self, outgoing: retrieve.Outgoing) -> retrieve.Stored:
+        context_id = self._contexts[outgoing.sop_class_uid][outgoing.transfer_syntax]
+        stored = self._sender.store(context_id, outgoing)
+        self._usable = stored.usable
+        return stored
+
+    def close(self) -> None:
+        if self._usable and self._assoc.is_established:
+            self._assoc.release()  # lets the reactor run again for the A-RELEASE exchange
+        else:
+            self._assoc.abort()  # after a timeout the peer's state is unknown
+
+
+class _RequestorLink:
+    """C-GET's sub-operations over the SCU's own association (a `retrieve.Link`).
+
+    The SCU must have taken the SCP role for a storage SOP Class with SCP/SCU Role Selection
+    (PS3.4 C.4.3.1, PS3.7 D.3.3.4); with `allow_get_without_role_selection` fsqr also sends over
+    contexts the SCU proposed without any, as viewers such as Horos expect.
+    """
+
+    _TIMEOUTS_IN_A_ROW = 2  # then the SCU is taken to be stuck and the rest fail
+
+    def __init__(self, assoc: Any, sender: _StoreSender, *, without_roles: bool) -> None:
+        self._sender = sender
+        self._loop_delay = assoc.dul._run_loop_delay  # given back in close()
+        assoc.dul._run_loop_delay = SENDING_LOOP_DELAY
+        self._timeouts = 0
+        self._contexts: dict[str, dict[str, int]] = {}
+        self._why: dict[str, str] = {}
+        proposed_roles = assoc.requestor.role_selection
+        for cx in assoc.accepted_contexts:
+            uid = str(cx.abstract_syntax)
+            if cx.as_scu or (without_roles and uid not in proposed_roles):
+                syntaxes = self._contexts.setdefault(uid, {})
+                syntaxes.setdefault(str(cx.transfer_syntax[0]), int(cx.context_id))
+            elif uid not in proposed_roles:
+                self._why[uid] = (
+                    f"the SCU offered {_sop_name(uid)} without SCP/SCU Role Selection, so it "
+                    "may not be sent C-STOREs (PS3.7 D.3.3.4); allow_get_without_role_selection:"
+                    " true sends them anyway"
+                )
+            else:
+                self._why[uid] = f"the SCU did not take the SCP role for {_sop_name(uid)}"
+        # Sent over only thanks to allow_get_without_role_selection: said once in the log.
+        self._unannounced = {uid for uid in self._contexts if uid not in proposed_roles}
+        self._caller = caller(assoc)
+
+    def transfer_syntaxes(self, sop_class_uid: str) -> tuple[str, ...]:
+        return tuple(self._contexts.get(sop_class_uid, ()))
+
+    def why_not(self, sop_class_uid: str) -> str:
+        return self._why.get(
+            sop_class_uid,
+            f"the SCU offered no presentation context for {_sop_name(sop_class_uid)}",
+        )
+
+    def store(self, outgoing: retrieve.Outgoing) -> retrieve.Stored:
+        if outgoing.sop_class_uid in self._unannounced:
+            self._unannounced.discard(outgoing.sop_class_uid)
+            log.info(
+                "C-GET from %s: sending %s over a context proposed without role selection "
+                "(allow_get_without_role_selection)",
+                self._caller,
+                _sop_name(outgoing.sop_class_uid),
+            )
+        context_id = self._contexts[outgoing.sop_class_uid][outgoing.transfer_syntax]
+        stored = self._sender.store(context_id, outgoing)
+        if stored.status is None and stored.comment.startswith("no C-STORE response"):
+            # The association cannot be replaced: go on with it, unless the SCU is stuck.
+            self._timeouts += 1
+            return retrieve.Stored(None, stored.comment, self._timeouts < self._TIMEOUTS_IN_A_ROW)
+        self._timeouts = 0
+        return stored
+
+    def close(self) -> None:
+        """Give back the requests that came during the C-GET, for the reactor to serve next."""
+        self._sender.assoc.dul._run_loop_delay = self._loop_delay
+        for item in self._sender.stashed:
+            self._sender.assoc.dimse.msg_queue.put(item)
+        self._sender.stashed.clear()
+
+
+def _sop_name(uid: str) -> str:
+    return str(UID(uid).name)
+
+
+def _requestor_ae(config: Config) -> Any:
+    """The AE that opens C-MOVE sub-associations: the server's title and timeouts."""
+    ae = AE(ae_title=config.ae_title)
+    timeouts = config.timeouts
+    ae.acse_timeout = timeouts.acse
+    ae.dimse_timeout = timeouts.dimse
+    ae.network_timeout = timeouts.network
+    ae.connection_timeout = timeouts.connect
+    return ae
+
+
 class Handlers:
     """The event handlers of one server, bound to its configuration and index."""
 
@@ -131,14 +527,18 @@ class Handlers:
         self.index = index
         self.headers = HeaderCache()
         self.cancels = CancelRegistry()
+        self._requestor_ae = _requestor_ae(config)  # opens C-MOVE sub-associations
+        self.receiver = Receiver(config, index)
 
     def bindings(self) -> list[tuple[Any, Any]]:
         return [
             (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_CONN_OPEN, self.take_retrieve_requests),
             (evt.EVT_DIMSE_RECV, self.cancels.on_dimse_recv),
             (evt.EVT_SOP_EXTENDED, self.on_sop_extended),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_FIND, self.on_find),
+            (evt.EVT_C_STORE, self.on_store),
         ]
 
     def on_sop_extended(self, event: Any) -> dict[str, bytes]:
@@ -156,6 +556,201 @@ class Handlers:
 
     def on_echo(self, event: Any) -> int:
         log.info("C-ECHO from %s", caller(event.assoc))
+        return status.SUCCESS
+
+    def take_retrieve_requests(self, event: Any) -> None:
+        """EVT_CONN_OPEN: serve this association's C-MOVE and C-GET requests with fsqr's own
+        retrieve rather than pynetdicom's service class (why: see `_Responder` above)."""
+        assoc = event.assoc
+        if not assoc.is_acceptor:
+            return
+        dispatch = assoc._serve_request  # pynetdicom's: hands a request to its service class
+        routes = {
+            C_MOVE: (evt.EVT_C_MOVE, MOVE_MODELS, self.on_move),
+            C_GET: (evt.EVT_C_GET, GET_MODELS, self.on_get),
+        }
+
+        def serve_request(msg: Any, context_id: int) -> None:
+            route = routes.get(type(msg))
+            context = _accepted_context(assoc, context_id)
+            if (
+                route is None
+                or context is None
+                or not msg.is_valid_request
+                or str(msg.AffectedSOPClassUID) not in route[1]
+                or str(context.abstract_syntax) != str(msg.AffectedSOPClassUID)
+            ):
+                dispatch(msg, context_id)  # anything else, errors included: pynetdicom's way
+                return
+            event_type, _, handler = route
+            request = evt.Event(
+                assoc,
+                event_type,
+                {
+                    "request": msg,
+                    "context": context.as_tuple,
+                    "_is_cancelled": lambda message_id: message_id in assoc.dimse.cancel_req,
+                },
+            )
+            # As pynetdicom does around a service class: cancels of earlier requests are
+            # forgotten, and the reactor counts as paused, for it is this thread.
+            assoc.dimse.cancel_req = {}
+            assoc._is_paused = True
+            try:
+                handler(request)
+            except Exception:
+                log.exception("%s from %s failed", event_type.name, caller(assoc))
+                assoc.abort()
+            finally:
+                assoc._is_paused = False
+
+        assoc._serve_request = serve_request
+
+    def on_move(self, event: Any) -> None:
+        """C-MOVE SCP (PS3.4 C.4.2.3): every matching instance to the Move Destination, over
+        sub-associations fsqr opens, with pending responses and the final status.
+
+        Called by `take_retrieve_requests`, not by pynetdicom: it sends its responses itself.
+        """
+        self._retrieve(event, MOVE_MODELS)
+
+    def on_get(self, event: Any) -> None:
+        """C-GET SCP (PS3.4 C.4.3.3): every matching instance back over the SCU's association,
+        with pending responses and the final status.
+
+        Called by `take_retrieve_requests`, not by pynetdicom: it sends its responses itself.
+        """
+        self._retrieve(event, GET_MODELS)
+
+    def _links(
+        self, event: Any, responder: _Responder
+    ) -> Callable[[retrieve.Batch], retrieve.Link]:
+        """Where sub-operations go: sub-associations to the Move Destination (C-MOVE), or the
+        SCU's own association (C-GET). Raises MoveDestinationUnknown (A801)."""
+        request = event.request
+        priority = int(request.Priority or 0)  # the sub-operations inherit it
+        if isinstance(request, C_GET):
+            sender = _StoreSender(
+                event.assoc, timeout=self.config.timeouts.dimse, priority=priority, originator=None
+            )
+            link = _RequestorLink(
+                event.assoc, sender, without_roles=self.config.allow_get_without_role_selection
+            )
+            return lambda batch: link
+        title = str(request.MoveDestination or "").strip()
+        peer = self.config.peer(title)
+        if peer is None:  # PS3.4 C.4.2.1.5: A801, and no association is opened
+            raise MoveDestinationUnknown(f"{title!r} is not in fsqr's ae_table")
+        destination = peer
+        originator = (event.assoc.requestor.ae_title.strip(), int(request.MessageID))
+
+        def open_link(batch: retrieve.Batch) -> retrieve.Link:
+            return _SubAssociation.open(
+                self._requestor_ae,
+                destination,
+                batch,
+                config=self.config,
+                priority=priority,
+                originator=originator,
+                on_connect=responder.report,
+            )
+
+        return open_link
+
+    def _retrieve(self, event: Any, models: dict[str, Model]) -> None:
+        """What C-MOVE and C-GET share: identifier -> instances -> sub-operations -> responses."""
+        started = time.perf_counter()
+        request = event.request
+        operation = "C-MOVE" if models is MOVE_MODELS else "C-GET"
+        where = f" to {str(request.MoveDestination or '').strip()}" if models is MOVE_MODELS else ""
+        sop_class = str(event.request.AffectedSOPClassUID)
+        model = models[sop_class]
+        responder = _Responder(event, self.cancels)
+        level = "?"
+        outcome_text = ""
+        tally = retrieve.Tally(0)
+        try:
+            open_link = self._links(event, responder)
+            relational = event.assoc.acceptor.sop_class_extended.get(sop_class, b"")[:1] == b"\1"
+            query = parse_retrieve_identifier(_identifier(event), model, relational=relational)
+            level = query.level.value
+            instances = instances_to_retrieve(self.index, query)
+            retrieve.check_limit(instances)
+            responder.counts = retrieve.Tally(len(instances))
+            if models is MOVE_MODELS:
+                batches = retrieve.plan_batches(instances)
+            else:
+                batches = [retrieve.Batch((), tuple(instances))] if instances else []
+            outcome = retrieve.run(
+                batches,
+                open_link,
+                responder,
+                self.index,
+                reopen=models is MOVE_MODELS,
+            )
+            tally = outcome.tally
+            outcome_text = "no answer: the SCU went away"
+            if outcome.status is not None:
+                outcome_text = f"{outcome.status:04X}"
+            responder.final(outcome)
+        except DimseError as exc:
+            outcome_text = f"{exc.status:04X} {exc.comment}"
+            log.warning("%s from %s refused: %s", operation, caller(event.assoc), exc.comment)
+            responder.refuse(exc.status, exc.comment)
+        except Exception as exc:
+            log.exception("%s from %s failed", operation, caller(event.assoc))
+            outcome_text = f"{status.UNABLE_TO_PROCESS:04X} {type(exc).__name__}"
+            responder.refuse(status.UNABLE_TO_PROCESS, f"fsqr error: {exc}")
+        finally:
+            self.cancels.forget(event)
+            seconds = time.perf_counter() - started
+            done = tally.completed + tally.warning
+            log.info(
+                "%s %s %s from %s%s: %d completed, %d warning, %d failed, %d not attempted, "
+                "%s, %.0f ms, %.1f instances/s, %.1f MB/s",
+                operation,
+                level,
+                model.value,
+                caller(event.assoc),
+                where,
+                tally.completed,
+                tally.warning,
+                tally.failed,
+                tally.remaining,
+                outcome_text,
+                seconds * 1000,
+                done / seconds if seconds else 0.0,
+                tally.sent_bytes / seconds / 1e6 if seconds else 0.0,
+            )
+
+    def on_store(self, event: Any) -> int | Dataset:
+        """C-STORE SCP (PS3.4 B.2.2): write the instance under the root as sent, index it, answer.
+
+        It is indexed before this returns, that is before pynetdicom sends the response, so a
+        C-FIND sent after the response finds it. `storage.on_duplicate: keep` answers 0000
+        Success for an instance already stored: the SCU's instance is there, as it asked.
+        """
+        started = time.perf_counter()
+        uid = str(event.request.AffectedSOPInstanceUID)
+        who = caller(event.assoc)
+        try:
+            encoded = event.encoded_dataset()
+            stored = self.receiver.store(encoded, str(event.request.AffectedSOPClassUID), uid)
+        except DimseError as exc:
+            log.warning("C-STORE %s from %s refused: %04X %s", uid, who, exc.status, exc.comment)
+            return failure(exc.status, exc.comment)
+        except Exception as exc:
+            log.exception("C-STORE %s from %s failed", uid, who)
+            return failure(status.CANNOT_UNDERSTAND, f"fsqr error: {type(exc).__name__}"[:64])
+        log.info(
+            "C-STORE %s from %s: %s, %d bytes, %.1f ms",
+            uid,
+            who,
+            stored.outcome,
+            len(encoded),
+            (time.perf_counter() - started) * 1000,
+        )
+        log.debug("C-STORE %s: %s", uid, stored.path)
         return status.SUCCESS
 
     def on_find(self, event: Any) -> Iterator[FindResponse]:

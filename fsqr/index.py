@@ -6,15 +6,20 @@ C-GET) copy immutable views out under the lock and do their matching outside it.
 reads a file or touches the network.
 
 Two files may hold the same SOP Instance UID (a copy in another folder, say). Both are
-remembered; the first one indexed is served, and deleting it reveals the other.
+remembered; the first one indexed is served, and deleting it reveals the other. A caller that
+knows a file is the newer copy (C-STORE with `on_duplicate: replace`) asks for it to be served.
+
+Files are also grouped by folder, so that a folder deleted, moved or rescanned costs a lookup
+per folder under it rather than a pass over every file.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fsqr.keys import Level
 from fsqr.records import Instance, Parsed, Patient, Series, Study
@@ -110,19 +115,49 @@ class Index:
         self._by_path: dict[str, Instance] = {}  # every indexed file
         # Copies of an already-served SOP Instance UID, oldest first, waiting to be revealed.
         self._waiting: dict[str, list[Parsed]] = {}
+        self._by_folder: dict[str, set[str]] = {}  # folder -> the indexed files directly in it
 
     # -- writing ---------------------------------------------------------------------------
 
-    def add(self, parsed: Parsed) -> None:
-        """Index one file; a file already indexed under the same path is replaced."""
+    def add(self, parsed: Parsed, *, serve: bool = False) -> None:
+        """Index one file; a file already indexed under the same path is replaced.
+
+        With `serve`, this file becomes the served copy of its SOP Instance UID even if another
+        file already holds it; that one waits, first in line to be revealed again.
+        """
         with self._lock:
-            self._remove_path(parsed.instance.path)
-            self._by_path[parsed.instance.path] = parsed.instance
-            uid = parsed.instance.sop_instance_uid
-            if uid in self._served:
-                self._waiting.setdefault(uid, []).append(parsed)
-            else:
-                self._link(parsed)
+            self._add(parsed, serve)
+
+    def update(self, parsed: Parsed) -> bool:
+        """`add`, unless this path is indexed at this size and mtime already; True if it added.
+
+        The watcher indexes through here, so that its event for a file C-STORE has just
+        written and indexed (and perhaps chosen to serve) changes nothing.
+        """
+        new = parsed.instance
+        with self._lock:
+            held = self._by_path.get(new.path)
+            if held is not None and (held.size, held.mtime_ns) == (new.size, new.mtime_ns):
+                return False
+            self._add(parsed, serve=False)
+            return True
+
+    def _add(self, parsed: Parsed, serve: bool) -> None:
+        path = parsed.instance.path
+        self._remove_path(path)
+        self._by_path[path] = parsed.instance
+        self._by_folder.setdefault(os.path.dirname(path), set()).add(path)
+        uid = parsed.instance.sop_instance_uid
+        served = self._served.get(uid)
+        if served is None:
+            self._link(parsed)
+        elif serve:
+            demoted = self._parsed_of(served)
+            self._unlink(served)
+            self._link(parsed)
+            self._waiting.setdefault(uid, []).insert(0, demoted)
+        else:
+            self._waiting.setdefault(uid, []).append(parsed)
 
     def add_many(self, parsed: Iterable[Parsed]) -> None:
         for p in parsed:
@@ -135,17 +170,73 @@ class Index:
 
     def remove_under(self, folder: str) -> int:
         """Forget every file below `folder` (a folder deleted or moved out); returns how many."""
-        prefix = folder.rstrip("/") + "/"
         with self._lock:
-            paths = [p for p in self._by_path if p.startswith(prefix)]
+            paths = self._paths_under(folder)
             for p in paths:
                 self._remove_path(p)
             return len(paths)
+
+    def move(self, src: str, dest: str) -> int:
+        """Re-file what was indexed at `src` (a file, or every file below a folder) under `dest`.
+
+        A rename changes neither a file's content nor its size and mtime, so the records move
+        as they are, without reading any file; the copy served stays the copy served. Files
+        already indexed at the new paths are replaced. Returns how many files moved.
+        """
+        with self._lock:
+            moves = [(src, dest)] if src in self._by_path else []
+            prefix_length = len(src.rstrip(os.sep))
+            moves += [(p, dest.rstrip(os.sep) + p[prefix_length:]) for p in self._paths_under(src)]
+            for old_path, new_path in moves:
+                if old_path != new_path:
+                    self._move_path(old_path, new_path)
+            return len(moves)
+
+    def _move_path(self, old_path: str, new_path: str) -> None:
+        self._remove_path(new_path)
+        old = self._by_path.pop(old_path)
+        self._forget_folder(old_path)
+        new = replace(old, path=new_path)
+        self._by_path[new_path] = new
+        self._by_folder.setdefault(os.path.dirname(new_path), set()).add(new_path)
+        uid = old.sop_instance_uid
+        if self._served.get(uid) is old:
+            self._served[uid] = new
+            self._series[new.series_uid].instances[uid] = new
+        else:
+            self._waiting[uid] = [
+                replace(p, instance=new) if p.instance is old else p for p in self._waiting[uid]
+            ]
+
+    def _paths_under(self, folder: str) -> list[str]:
+        folder = folder.rstrip(os.sep)
+        prefix = folder + os.sep
+        return [
+            path
+            for name, paths in self._by_folder.items()
+            if name == folder or name.startswith(prefix)
+            for path in paths
+        ]
+
+    def _forget_folder(self, path: str) -> None:
+        folder = os.path.dirname(path)
+        paths = self._by_folder.get(folder)
+        if paths is not None:
+            paths.discard(path)
+            if not paths:
+                del self._by_folder[folder]
+
+    def _parsed_of(self, instance: Instance) -> Parsed:
+        """The records a served instance is linked under, to file it among the waiting copies."""
+        series = self._series[instance.series_uid].record
+        study = self._studies[series.study_uid].record
+        return Parsed(self._patients[study.patient_id].record, study, series, instance)
 
     def _remove_path(self, path: str) -> Instance | None:
         instance = self._by_path.pop(path, None)
         if instance is None:
             return None
+        self._forget_folder(path)
         uid = instance.sop_instance_uid
         waiting = self._waiting.get(uid, [])
         if self._served.get(uid) is instance:
@@ -231,6 +322,15 @@ class Index:
     def paths(self) -> list[str]:
         with self._lock:
             return list(self._by_path)
+
+    def stamps_under(self, folder: str) -> dict[str, tuple[int, int]]:
+        """Size and mtime (ns) of every indexed file below `folder`, by path: what a rescan
+        compares the disk with."""
+        with self._lock:
+            return {
+                p: (self._by_path[p].size, self._by_path[p].mtime_ns)
+                for p in self._paths_under(folder)
+            }
 
     def candidates(self, level: Level, uids: dict[Level, Sequence[str]]) -> list[View]:
         """Views of every entity at `level`, narrowed by the unique keys in `uids`.

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
@@ -169,6 +170,41 @@ def _check_hierarchical(query: Query) -> None:
             )
 
 
+def parse_retrieve_identifier(identifier: Dataset, model: Model, *, relational: bool) -> Query:
+    """Check a C-MOVE/C-GET identifier and turn it into a `Query` of unique keys only.
+
+    PS3.4 C.4.2.2.1: a retrieve identifier holds the Query/Retrieve Level and the Unique Keys of
+    that level and the levels above; at the retrieve level a single value or, for a UID, a list
+    of UIDs; no wildcards anywhere. A unique key of a level above may be left out (a UID alone
+    names its entity), but when it is given it narrows, one value unless the retrieve is
+    relational. Other keys are ignored. Raises InvalidIdentifier (A900) otherwise.
+    """
+    level = _query_level(identifier, model)
+    keys = []
+    for key_level in model.levels:
+        if key_level.depth > level.depth:
+            break
+        unique = unique_key(key_level)
+        element = _decoded(identifier, unique.tag) if unique.tag in identifier else None
+        text = element_text(element).strip()
+        if element is None or not text:
+            if key_level is level:
+                raise InvalidIdentifier(f"a {level.value} retrieve needs {unique.keyword}")
+            continue
+        values = [v.strip() for v in text.split("\\")]
+        if any(_WILDCARDS & set(v) for v in values) or not all(values):
+            raise InvalidIdentifier(f"{unique.keyword} must be whole values, no wildcards")
+        if len(values) > 1 and (unique.vr != "UI" or (key_level is not level and not relational)):
+            raise InvalidIdentifier(f"{unique.keyword} must be one value above the retrieve level")
+        pattern = "\\".join(values)
+        keys.append(
+            QueryKey(
+                unique.tag, unique.keyword, unique.vr, pattern, Source.INDEX, unique.level, element
+            )
+        )
+    return Query(model, level, tuple(keys), relational)
+
+
 # -- answering ------------------------------------------------------------------------------
 
 
@@ -177,6 +213,32 @@ def find(index: Index, query: Query, ae_title: str, headers: HeaderCache) -> Ite
     for view in index.candidates(query.level, query.narrowing()):
         if all(_key_matches(key, view, headers) for key in query.keys):
             yield response(query, view, ae_title, headers)
+
+
+def instances_to_retrieve(index: Index, query: Query) -> list[Instance]:
+    """The instances a retrieve `query` (from `parse_retrieve_identifier`) names, in order.
+
+    Every instance of every matching entity (PS3.4 C.4.2.3.1), series by series in the order
+    the index holds them, each series by Instance Number; an instance named twice goes once.
+    """
+    views = index.candidates(Level.IMAGE, query.narrowing())
+    headers = HeaderCache(capacity=0)  # unique keys come from the index; no file is read
+    chosen = [
+        view.instance
+        for view in views
+        if isinstance(view, InstanceView)
+        and all(_key_matches(key, view, headers) for key in query.keys)
+    ]
+    series_order = {uid: i for i, uid in enumerate(dict.fromkeys(i.series_uid for i in chosen))}
+    return sorted(
+        chosen,
+        key=lambda i: (series_order[i.series_uid], _instance_number(i), i.sop_instance_uid),
+    )
+
+
+def _instance_number(instance: Instance) -> int:
+    text = instance.get("InstanceNumber").strip()
+    return int(text) if text.lstrip("+-").isdigit() else 2**31  # no number: last
 
 
 def _key_matches(key: QueryKey, view: View, headers: HeaderCache) -> bool:
@@ -237,17 +299,16 @@ def response(query: Query, view: View, ae_title: str, headers: HeaderCache) -> D
         if key.source is Source.FILE:
             header = headers.get(view.first_path)
             found = header.get(key.tag) if header is not None else None
-            ds.add(found if found is not None else DataElement(key.tag, key.vr, None))
+            ds.add(found if found is not None else _element(key.tag, key.vr, ""))
             continue
-        text = _value_text(key, view, headers)
-        ds.add(DataElement(key.tag, key.vr, text or None))
+        ds.add(_element(key.tag, key.vr, _value_text(key, view, headers)))
     # PS3.4 C.4.1.2.1: the unique keys of the query level and the levels above always return.
     for level in query.model.levels:
         if level.depth > query.level.depth:
             break
         unique = unique_key(level)
         if unique.tag not in ds:
-            ds.add(DataElement(unique.tag, unique.vr, _record(view, level).get(unique.keyword)))
+            ds.add(_element(unique.tag, unique.vr, _record(view, level).get(unique.keyword)))
     ds.QueryRetrieveLevel = query.level.value
     ds.RetrieveAETitle = ae_title
     ds.InstanceAvailability = "ONLINE"
@@ -255,6 +316,11 @@ def response(query: Query, view: View, ae_title: str, headers: HeaderCache) -> D
         # Values are held decoded; UTF-8 carries every repertoire, whatever the file used.
         ds.SpecificCharacterSet = UTF8
     return ds
+
+
+def _element(tag: int, vr: str, text: str) -> DataElement:
+    # Not validated again: the value is what a file holds, and an answer echoes it as stored.
+    return DataElement(tag, vr, text or None, validation_mode=config.IGNORE)
 
 
 def _is_ascii(ds: Dataset) -> bool:

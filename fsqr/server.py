@@ -1,4 +1,4 @@
-"""The server's lifecycle: scan the tree -> fill the index -> bind the port -> serve.
+"""The server's lifecycle: watch the tree -> scan it -> fill the index -> bind the port -> serve.
 
 `Server` is what the CLI runs and what another program or a test embeds:
 
@@ -6,7 +6,9 @@
         ...  # server.host, server.port, server.ae_title, server.index
 
 The port is bound only once the initial index is complete, so the first association already
-sees everything that was on disk at start.
+sees everything that was on disk at start. The watcher starts before the scan walks the tree
+and applies what changed meanwhile once the scan is indexed (`watch.py`), so nothing changed
+during start-up is lost.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from pynetdicom import AE
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from fsqr.config import Config
 from fsqr.handlers import Handlers
 from fsqr.index import Index
-from fsqr.keys import FIND_MODELS
+from fsqr.keys import FIND_MODELS, GET_MODELS, MOVE_MODELS
 from fsqr.records import Parsed, Skipped
 from fsqr.scan import scan_files, walk
+from fsqr.watch import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class Server:
         self._progress = progress
         self._handlers = Handlers(config, self.index)
         self._listener: Any = None
+        self.watcher: Watcher | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -49,13 +53,22 @@ class Server:
         root = self.config.root
         if not root.is_dir():
             raise FileNotFoundError(f"root folder {root} does not exist or is not a folder")
-        self._build_index()
-        ae = self._make_ae()
-        self._listener = ae.start_server(
-            (self.config.host, self.config.port),
-            block=False,
-            evt_handlers=self._handlers.bindings(),
-        )
+        if self.config.watch != "off":
+            self.watcher = Watcher(root, self.index, self.config.watch, self.config.poll_interval)
+            self.watcher.start()  # before the walk: a change during the scan is queued, not lost
+        try:
+            self._build_index()
+            if self.watcher is not None:
+                self.watcher.release()
+            ae = self._make_ae()
+            self._listener = ae.start_server(
+                (self.config.host, self.config.port),
+                block=False,
+                evt_handlers=self._handlers.bindings(),
+            )
+        except BaseException:  # the port is taken, say: no watcher threads are left behind
+            self._stop_watcher()
+            raise
         log.info("%s listening on %s:%d", self.ae_title, self.host, self.port)
         return self
 
@@ -64,6 +77,12 @@ class Server:
             self._listener.shutdown()
             self._listener = None
             log.info("stopped")
+        self._stop_watcher()
+
+    def _stop_watcher(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
 
     def __enter__(self) -> Server:
         return self.start()
@@ -136,6 +155,12 @@ class Server:
         ae.maximum_pdu_size = self.config.max_pdu
         ae.require_called_aet = False
         ae.add_supported_context(Verification)
-        for uid in FIND_MODELS:
+        for uid in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):
             ae.add_supported_context(uid)
+        # Every storage SOP Class in every transfer syntax: C-STORE from peers (stored as sent),
+        # and C-GET's sub-operations, which need both roles for role selection (PS3.7 D.3.3.4).
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(
+                str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+            )
         return ae

@@ -117,3 +117,74 @@ def test_re_adding_a_path_replaces_it(write: Callable[..., Path]) -> None:
     assert isinstance(view, SeriesView)
     assert view.patient.get("PatientName") == "NEW^NAME"
     assert index.counts().files == 1
+
+
+# -- what the watcher and C-STORE need: moves, a preferred copy, unchanged files, folders --------
+
+
+def test_moving_a_file_keeps_it_served(write: Callable[..., Path]) -> None:
+    path = write("a/x.dcm", n=1)
+    index = Index()
+    index.add(parsed(path))
+    new = str(path.parent.parent / "b" / "y.dcm")
+    assert index.move(str(path), new) == 1
+    served = index.instance(synthetic_uid("sop", "PID1", 1))
+    assert served is not None and served.path == new
+    assert index.paths() == [new]
+    assert index.candidates(Level.IMAGE, {})[0].first_path == new
+
+
+def test_moving_a_folder_moves_everything_below_it(write: Callable[..., Path]) -> None:
+    files = [write(f"study/s{n}/x.dcm", n=n) for n in (1, 2, 3)]
+    index = Index()
+    index.add_many(parsed(f) for f in files)
+    study = files[0].parent.parent
+    assert index.move(str(study), str(study.parent / "renamed")) == 3
+    assert sorted(index.paths()) == [
+        str(study.parent / "renamed" / f"s{n}" / "x.dcm") for n in (1, 2, 3)
+    ]
+    assert index.remove_under(str(study.parent / "renamed")) == 3
+    assert index.counts().files == 0
+
+
+def test_moving_a_waiting_copy_keeps_it_waiting(write: Callable[..., Path]) -> None:
+    first, second = write("one/x.dcm", n=7), write("two/x.dcm", n=7)
+    index = Index()
+    index.add(parsed(first))
+    index.add(parsed(second))
+    moved = str(second.parent / "moved.dcm")
+    index.move(str(second), moved)
+    index.remove_path(str(first))
+    revealed = index.instance(synthetic_uid("sop", "PID1", 7))
+    assert revealed is not None and revealed.path == moved
+
+
+def test_a_copy_added_to_be_served_demotes_the_served_one(write: Callable[..., Path]) -> None:
+    old, new = write("old.dcm", n=7, patient_name="OLD^NAME"), write("new.dcm", n=7)
+    index = Index()
+    index.add(parsed(old))
+    index.add(parsed(new), serve=True)
+    uid = synthetic_uid("sop", "PID1", 7)
+    served = index.instance(uid)
+    assert served is not None and served.path == str(new)
+    assert (index.counts().instances, index.counts().files) == (1, 2)
+    index.remove_path(str(new))  # the demoted copy is first in line again
+    served = index.instance(uid)
+    assert served is not None and served.path == str(old)
+
+
+def test_update_adds_only_what_changed(write: Callable[..., Path]) -> None:
+    path = write("x.dcm")
+    index = Index()
+    assert index.update(parsed(path)) is True
+    assert index.update(parsed(path)) is False  # same size and mtime: nothing to do
+    write("x.dcm", patient_name="OTHER^NAME", study_description="a longer description")
+    assert index.update(parsed(path)) is True
+
+
+def test_stamps_under_a_folder(write: Callable[..., Path]) -> None:
+    inside, outside = write("a/x.dcm", n=1), write("ab/y.dcm", n=2)
+    index = Index()
+    index.add_many([parsed(inside), parsed(outside)])
+    stat = inside.stat()
+    assert index.stamps_under(str(inside.parent)) == {str(inside): (stat.st_size, stat.st_mtime_ns)}

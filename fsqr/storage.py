@@ -1,0 +1,301 @@
+"""C-STORE's side of the filesystem: where a received instance goes, how it gets there, and what
+happens when its SOP Instance UID is already stored.
+
+- Where: `relative_path` builds the path from `storage.layout` and the instance's own values. It
+  is pure, and nothing a peer sends can lead it outside the root: every value becomes one safe
+  folder or file name (`safe_name`).
+- How: `write_atomic` writes a temporary `.fsqr-<random>.tmp` in the target folder, fsyncs it,
+  renames it into place and fsyncs the folder. A crash at any moment leaves either nothing or
+  the whole instance under its final name; the scan and the watcher never index a `.fsqr-` file.
+- Duplicates: `Receiver.store` applies `storage.on_duplicate` and indexes the instance before
+  returning, so a C-FIND sent after the C-STORE response finds it.
+
+No pynetdicom here: the handler passes the received bytes in and turns the `DimseError`s raised
+here into statuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import string
+import threading
+import unicodedata
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from io import BytesIO
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.filereader import dcmread
+
+from fsqr.config import Config
+from fsqr.errors import (
+    CannotUnderstand,
+    DataSetMismatch,
+    DuplicateInstance,
+    OutOfResources,
+    StoreRefused,
+)
+from fsqr.index import Index
+from fsqr.records import Instance, Parsed
+from fsqr.scan import TEMP_PREFIX, element_text, is_inside, parsed_from_dataset
+
+log = logging.getLogger(__name__)
+
+MAX_NAME = 64  # characters kept of one value: the longest UI, LO or SH value (PS3.5 6.2)
+EMPTY_NAME = "_"  # the name of an empty value (PatientID is Type 2: it may be empty)
+_HASH = 8  # hex digits of the hash that keeps two altered values apart
+_PUNCTUATION = frozenset("-._^=+@")  # kept as they are; every other non-alphanumeric becomes _
+_STRIPES = 64  # locks serialising stores of one SOP Instance UID
+
+Outcome = Literal["stored", "replaced", "kept"]
+
+
+def safe_name(value: str) -> str:
+    """`value` as one file or folder name that cannot leave its folder.
+
+    Letters, digits and `-._^=+@` are kept; anything else (`/`, `\\`, NUL, control characters,
+    spaces) becomes `_`; a leading dot becomes `_` (no `.`, `..`, hidden or `.fsqr-` names);
+    more than 64 characters are cut. A value changed in any of these ways gets `~` and a hash
+    of the original, so two different values never share a name. A valid UID comes out as it
+    went in.
+
+    >>> safe_name("1.2.840.113619.2.55.3")
+    '1.2.840.113619.2.55.3'
+    >>> safe_name("../../etc")
+    '_._.._etc~74ccf3c5'
+    >>> safe_name("")
+    '_'
+    """
+    text = unicodedata.normalize("NFC", value)
+    cleaned = "".join(c if c.isalnum() or c in _PUNCTUATION else "_" for c in text)
+    if cleaned.startswith("."):
+        cleaned = "_" + cleaned[1:]
+    if cleaned.endswith("."):  # Windows and SMB drop a trailing dot
+        cleaned = cleaned[:-1] + "_"
+    if cleaned == text and 0 < len(text) <= MAX_NAME:
+        return text
+    if not value:
+        return EMPTY_NAME
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH]
+    return f"{cleaned[: MAX_NAME - _HASH - 1]}~{digest}"
+
+
+def layout_keywords(layout: str) -> tuple[str, ...]:
+    """The `{Keyword}` fields of a layout, in order, each once.
+
+    >>> layout_keywords("incoming/{PatientID}/{StudyInstanceUID}/{SOPInstanceUID}.dcm")
+    ('PatientID', 'StudyInstanceUID', 'SOPInstanceUID')
+    """
+    names = [name for _, name, _, _ in string.Formatter().parse(layout) if name]
+    return tuple(dict.fromkeys(names))
+
+
+def relative_path(layout: str, values: Mapping[str, str]) -> PurePosixPath:
+    """Where an instance with `values` (by keyword) is stored, relative to the root.
+
+    The layout is checked when the config is loaded (relative, no `..`); each value fills one
+    name and cannot add a folder. A keyword missing from `values` counts as empty.
+
+    >>> layout = "incoming/{PatientID}/{SOPInstanceUID}.dcm"
+    >>> str(relative_path(layout, {"PatientID": "PID 7", "SOPInstanceUID": "1.2.3"}))
+    'incoming/PID_7~855397c3/1.2.3.dcm'
+    >>> str(relative_path(layout, {"PatientID": "/etc/passwd", "SOPInstanceUID": "1.2"}))
+    'incoming/_etc_passwd~74acf318/1.2.dcm'
+    """
+    names = {k: safe_name(values.get(k, "")) for k in layout_keywords(layout)}
+    path = PurePosixPath(layout.format_map(names))
+    if path.is_absolute() or any(part in ("", ".", "..") for part in path.parts):
+        raise ValueError(f"layout {layout!r} does not give a path inside the root: {path}")
+    return path
+
+
+def storage_area(layout: str) -> PurePosixPath:
+    """The fixed folders a layout starts with: where fsqr's own received instances live.
+
+    >>> storage_area("incoming/{PatientID}/{SOPInstanceUID}.dcm")
+    PurePosixPath('incoming')
+    >>> storage_area("{PatientID}/{SOPInstanceUID}.dcm")
+    PurePosixPath('.')
+    """
+    fixed = layout.split("{", 1)[0]
+    return PurePosixPath(fixed.rsplit("/", 1)[0]) if "/" in fixed else PurePosixPath(".")
+
+
+def write_atomic(
+    target: Path, chunks: Sequence[bytes], renamed: Callable[[os.stat_result], None] | None = None
+) -> os.stat_result:
+    """Write `chunks` to `target` all at once or not at all; return the new file's stat.
+
+    The temporary file lives in the target folder (a rename never crosses file systems),
+    is fsynced before the rename, and the folder is fsynced after it, so the name survives a
+    power cut once the caller answers Success. `renamed(stat)` is called as soon as the file
+    has its name, before that last fsync. On any error the temporary file is removed and the
+    `OSError` propagates; an existing `target` is then untouched.
+    """
+    folder = target.parent
+    temp = folder / f"{TEMP_PREFIX}{secrets.token_hex(8)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(temp, flags, 0o644)
+    except FileNotFoundError:  # a new patient, study or series: its folder first
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(temp, flags, 0o644)
+    try:
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    if renamed is not None:
+        renamed(st)
+    _fsync_folder(folder)
+    return st
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # not possible everywhere (Windows): the rename itself is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What `Receiver.store` did: `path` is the file now served for the SOP Instance UID."""
+
+    outcome: Outcome
+    path: str
+    sop_instance_uid: str
+
+
+def _value(header: Dataset, keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    return "" if tag is None else element_text(header.get(tag))
+
+
+def read_received(encoded: bytes) -> Dataset:
+    """The header (no pixels) of a received instance in DICOM file format, or CannotUnderstand.
+
+    >>> read_received(b"garbage")
+    Traceback (most recent call last):
+    ...
+    fsqr.errors.CannotUnderstand: cannot parse the data set: InvalidDicomError
+    """
+    try:
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            return dcmread(BytesIO(encoded), stop_before_pixels=True)
+    except Exception as exc:  # whatever a peer sends must not escape as anything else
+        raise CannotUnderstand(f"cannot parse the data set: {type(exc).__name__}") from exc
+
+
+class Receiver:
+    """Stores received instances under one root and indexes them at once. Thread-safe: one
+    association thread per store, with stores of one SOP Instance UID taking turns."""
+
+    def __init__(self, config: Config, index: Index) -> None:
+        self.root = Path(config.root)
+        self.layout = config.storage.layout
+        self.on_duplicate = config.storage.on_duplicate
+        self.read_only = config.read_only
+        self.index = index
+        self._area = os.path.normpath(self.root / storage_area(self.layout))
+        self._locks = [threading.Lock() for _ in range(_STRIPES)]
+
+    def store(self, encoded: bytes, sop_class_uid: str, sop_instance_uid: str) -> Stored:
+        """Write one received instance (`encoded`: preamble, file meta and data set as sent)
+        and index it. Raises a `DimseError` saying why it was not stored."""
+        if self.read_only:
+            raise StoreRefused("fsqr is read-only: C-STORE refused")
+        header = read_received(encoded)
+        # As DCMTK's storescp does: a data set that is not the instance the request names is
+        # refused with A900 (PS3.4 B.2.3), rather than filed under the wrong name.
+        if element_text(header.get(0x00080016)) != sop_class_uid:
+            raise DataSetMismatch("SOP Class UID differs from the request's")
+        if element_text(header.get(0x00080018)) != sop_instance_uid:
+            raise DataSetMismatch("SOP Instance UID differs from the request's")
+        target = self.target(header)
+        lock = self._locks[hash(sop_instance_uid) % _STRIPES]
+        with lock:
+            return self._store(encoded, header, target, sop_instance_uid)
+
+    def target(self, header: Dataset) -> Path:
+        """Where `header`'s instance belongs under the root, per the layout."""
+        values = {k: _value(header, k) for k in layout_keywords(self.layout)}
+        target = self.root / relative_path(self.layout, values)
+        # relative_path cannot leave the root; this guards against a future change to it.
+        if not is_inside(os.path.normpath(target), os.path.normpath(self.root)):
+            raise OutOfResources("refused: the storage path would leave the root")
+        return target
+
+    def _store(self, encoded: bytes, header: Dataset, target: Path, uid: str) -> Stored:
+        transfer_syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
+        parsed = parsed_from_dataset(header, str(target), len(encoded), 0, transfer_syntax)
+        if not isinstance(parsed, Parsed):  # e.g. no Study Instance UID: it could not be served
+            raise DataSetMismatch(f"cannot be stored: {parsed.reason}")
+        old = self.index.instance(uid)
+        if old is not None and not os.path.exists(old.path):
+            old = None  # the served file is gone; the watcher is about to say so
+        if old is not None and self.on_duplicate == "reject":
+            raise DuplicateInstance("SOP Instance UID already stored")
+        if old is not None and self.on_duplicate == "keep":
+            return Stored("kept", old.path, uid)
+
+        def index_it(st: os.stat_result) -> None:  # at once: a C-FIND may follow any moment
+            written = replace(parsed.instance, size=st.st_size, mtime_ns=st.st_mtime_ns)
+            self.index.add(replace(parsed, instance=written), serve=True)
+
+        try:
+            write_atomic(target, [encoded], index_it)
+        except OSError as exc:
+            raise OutOfResources(f"cannot write: {exc.strerror or exc}") from exc
+        if old is None:
+            return Stored("stored", str(target), uid)
+        if old.path != str(target):
+            self._remove_old_copy(old)
+        return Stored("replaced", str(target), uid)
+
+    def _remove_old_copy(self, old: Instance) -> None:
+        """Delete the copy a replaced instance leaves behind, if fsqr stored it.
+
+        Files under the layout's fixed folders (`incoming/` by default) are fsqr's; a copy
+        elsewhere in the tree was put there by someone else and stays (indexed, not served).
+        """
+        if not is_inside(os.path.normpath(old.path), self._area):
+            log.info(
+                "replaced %s: the older copy %s is not fsqr's and stays",
+                old.sop_instance_uid,
+                old.path,
+            )
+            return
+        try:
+            os.unlink(old.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot delete the replaced copy %s: %s", old.path, exc)
+            return
+        self.index.remove_path(old.path)
