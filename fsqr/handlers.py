@@ -33,12 +33,13 @@ from pynetdicom.dsutils import encode as encode_dataset
 
 from fsqr import retrieve, status
 from fsqr.config import Config, Peer
-from fsqr.errors import DimseError, InvalidIdentifier, MoveDestinationUnknown
+from fsqr.errors import DimseError, InvalidIdentifier, MoveDestinationUnknown, UnableToProcess
 from fsqr.index import Index
-from fsqr.keys import FIND_MODELS, GET_MODELS, MOVE_MODELS, Model
+from fsqr.keys import FIND_MODELS, GET_MODELS, MODALITY_WORKLIST_FIND, MOVE_MODELS, Model
 from fsqr.query import find, instances_to_retrieve, parse_identifier, parse_retrieve_identifier
 from fsqr.scan import HeaderCache
 from fsqr.storage import Receiver
+from fsqr.worklist import Worklist, find_worklist
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +278,7 @@ class _StoreSender:
         self._originator = originator  # C-MOVE: Move Originator AE Title and Message ID
         self._message_id = 0
         self.stashed: list[tuple[int, Any]] = []  # requests that came while waiting (C-GET)
+        self.timed_out = False  # the last request's response did not come in time
 
     def store(self, context_id: int, outgoing: retrieve.Outgoing) -> retrieve.Stored:
         self._message_id = self._message_id % 65535 + 1  # PS3.7 9.3.1.1: Message ID is US
@@ -300,9 +302,11 @@ class _StoreSender:
     def _response_to(self, message_id: int) -> retrieve.Stored:
         messages = self.assoc.dimse.msg_queue
         deadline = time.monotonic() + self._timeout
+        self.timed_out = False
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
+                self.timed_out = True
                 return retrieve.Stored(
                     None, f"no C-STORE response within {self._timeout:g} s", usable=False
                 )
@@ -489,7 +493,7 @@ class _RequestorLink:
             )
         context_id = self._contexts[outgoing.sop_class_uid][outgoing.transfer_syntax]
         stored = self._sender.store(context_id, outgoing)
-        if stored.status is None and stored.comment.startswith("no C-STORE response"):
+        if self._sender.timed_out:
             # The association cannot be replaced: go on with it, unless the SCU is stuck.
             self._timeouts += 1
             return retrieve.Stored(None, stored.comment, self._timeouts < self._TIMEOUTS_IN_A_ROW)
@@ -527,6 +531,7 @@ class Handlers:
         self.index = index
         self.headers = HeaderCache()
         self.cancels = CancelRegistry()
+        self.worklist = Worklist(config.worklist) if config.worklist is not None else None
         self._requestor_ae = _requestor_ae(config)  # opens C-MOVE sub-associations
         self.receiver = Receiver(config, index)
 
@@ -754,25 +759,44 @@ class Handlers:
         return status.SUCCESS
 
     def on_find(self, event: Any) -> Iterator[FindResponse]:
-        """C-FIND SCP (PS3.4 C.4.1.2): one pending response per match, then the final status.
+        """C-FIND SCP: Query/Retrieve (PS3.4 C.4.1.2) or Modality Worklist (PS3.4 K.4.1.3)."""
+        if str(event.request.AffectedSOPClassUID) == MODALITY_WORKLIST_FIND:
+            return self._answer_find(event, "Modality Worklist", self._worklist_answers)
+        model = FIND_MODELS[str(event.request.AffectedSOPClassUID)]
+        return self._answer_find(event, model.value, self._query_answers)
 
-        pynetdicom sends 0000 Success by itself once this generator ends without a final
-        status of its own.
+    def _query_answers(self, event: Any) -> tuple[str, Iterator[Dataset]]:
+        sop_class = str(event.request.AffectedSOPClassUID)
+        relational = event.assoc.acceptor.sop_class_extended.get(sop_class, b"")[:1] == b"\1"
+        query = parse_identifier(_identifier(event), FIND_MODELS[sop_class], relational=relational)
+        log.debug("C-FIND keys: %s", [k.keyword or hex(k.tag) for k in query.keys])
+        return query.level.value, find(self.index, query, self.config.ae_title, self.headers)
+
+    def _worklist_answers(self, event: Any) -> tuple[str, Iterator[Dataset]]:
+        if self.worklist is None:
+            log.warning(
+                "Modality Worklist query from %s refused: this is a Query/Retrieve server; "
+                "to answer worklist queries, set `worklist:` in fsqr.yaml to a folder of .wl files",
+                caller(event.assoc),
+            )
+            raise UnableToProcess("no worklist here: set worklist: in fsqr.yaml")
+        return "-", find_worklist(self.worklist, _identifier(event))
+
+    def _answer_find(
+        self, event: Any, model: str, answers: Callable[[Any], tuple[str, Iterator[Dataset]]]
+    ) -> Iterator[FindResponse]:
+        """One pending response per match, then the final status; a C-CANCEL between any two
+        answers ends it with FE00. pynetdicom sends 0000 Success by itself once this generator
+        ends without a final status of its own.
         """
         started = time.perf_counter()
         busy = 0.0  # time spent here, not waiting for pynetdicom to send
         matches = 0
         outcome = "0000 Success"
-        sop_class = str(event.request.AffectedSOPClassUID)
-        model = FIND_MODELS[sop_class]
         level = "?"
         try:
             tick = time.perf_counter()
-            relational = event.assoc.acceptor.sop_class_extended.get(sop_class, b"")[:1] == b"\1"
-            query = parse_identifier(_identifier(event), model, relational=relational)
-            level = query.level.value
-            log.debug("C-FIND keys: %s", [k.keyword or hex(k.tag) for k in query.keys])
-            results = find(self.index, query, self.config.ae_title, self.headers)
+            level, results = answers(event)
             busy += time.perf_counter() - tick
             while True:
                 if self.cancels.is_cancelled(event) or event.is_cancelled:
@@ -800,7 +824,7 @@ class Handlers:
             log.info(
                 "C-FIND %s %s from %s: %d matches, %s, %.1f ms (fsqr %.1f ms)",
                 level,
-                model.value,
+                model,
                 caller(event.assoc),
                 matches,
                 outcome,

@@ -25,7 +25,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from fsqr.config import Config
 from fsqr.handlers import Handlers
 from fsqr.index import Index
-from fsqr.keys import FIND_MODELS, GET_MODELS, MOVE_MODELS
+from fsqr.keys import FIND_MODELS, GET_MODELS, MODALITY_WORKLIST_FIND, MOVE_MODELS
 from fsqr.records import Parsed, Skipped
 from fsqr.scan import scan_files, walk
 from fsqr.watch import Watcher
@@ -155,7 +155,9 @@ class Server:
         ae.maximum_pdu_size = self.config.max_pdu
         ae.require_called_aet = False
         ae.add_supported_context(Verification)
-        for uid in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):
+        # Modality Worklist is always accepted, so that a worklist query sent here without a
+        # worklist folder gets a failure that says why, not a rejected context.
+        for uid in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS, MODALITY_WORKLIST_FIND):
             ae.add_supported_context(uid)
         # Every storage SOP Class in every transfer syntax: C-STORE from peers (stored as sent),
         # and C-GET's sub-operations, which need both roles for role selection (PS3.7 D.3.3.4).

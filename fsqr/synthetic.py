@@ -61,6 +61,8 @@ from pydicom.uid import (
     UltrasoundImageStorage,
 )
 
+from fsqr.keys import MODALITY_WORKLIST_FIND
+
 # Name-based UUIDs (RFC 9562 version 5) in this namespace become UIDs `2.25.<uuid as integer>`.
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:fsqr:synthetic")
 
@@ -631,7 +633,6 @@ SAMPLE_WORKLIST = (
     ),
     ("FSQR0001", "DOE^JOHN", "19600101", "M", "CR", "CR01", "20241203", "140000", "CR CHEST PA"),
 )
-MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"  # PS3.4 K.6.1.2: the SOP Class it answers
 
 
 def write_worklist(folder: Path) -> list[Path]:

@@ -19,7 +19,7 @@ ALLOWED = {
     "errors": {"status"},
     "config": set(),
     "matching": set(),
-    "synthetic": set(),  # writes test and sample files; nothing in the server uses it
+    "synthetic": {"keys"},  # writes test and sample files; nothing in the server uses it
     "index": LEAVES,
     "header": LEAVES,
     "scan": LEAVES | {"header"},

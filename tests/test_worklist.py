@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pynetdicom import AE
 
 from fsqr.errors import InvalidIdentifier
+from fsqr.keys import MODALITY_WORKLIST_FIND
+from fsqr.server import Server
 from fsqr.synthetic import write_worklist
 from fsqr.worklist import Worklist, find_worklist
+from tests.conftest import dcmtk
 
 
 @pytest.fixture
@@ -98,3 +106,66 @@ def test_the_folder_is_live(folder: Path, tmp_path: Path) -> None:
     os.utime(item, ns=(1, 1))
     (answer,) = find_worklist(worklist, query(ScheduledStationAETitle="DX01"))
     assert answer.AccessionNumber == "WL0003"
+
+
+# -- over the network ------------------------------------------------------------------------
+
+
+@pytest.mark.dcmtk
+def test_findscu_worklist_query(
+    start_server: Callable[..., Server], folder: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "images").mkdir()
+    server = start_server(tmp_path / "images", worklist=str(folder))
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run(
+        [
+            dcmtk("findscu"), "-W", "-X", "-od", str(out),
+            "-k", "PatientName", "-k", "AccessionNumber",
+            "-k", "ScheduledProcedureStepSequence[0].ScheduledStationAETitle=MR01",
+            "-k", "ScheduledProcedureStepSequence[0].Modality",
+            "-k", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate",
+            "127.0.0.1", str(server.port),
+        ],
+        capture_output=True, text=True, errors="replace", timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (answer,) = [dcmread(p) for p in out.glob("rsp*.dcm")]
+    assert answer.AccessionNumber == "WL0002"
+    assert str(answer.PatientName) == "Nakamura^Yui=中村^結衣"
+    assert answer.ScheduledProcedureStepSequence[0].Modality == "MR"
+
+
+def test_a_worklist_query_without_a_worklist_says_why(
+    start_server: Callable[..., Server], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_server(tmp_path)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(MODALITY_WORKLIST_FIND)
+    assoc = ae.associate("127.0.0.1", server.port)
+    try:
+        assert assoc.is_established  # the context is accepted ...
+        with caplog.at_level(logging.WARNING, logger="fsqr"):
+            ((status, answer),) = list(assoc.send_c_find(query(), MODALITY_WORKLIST_FIND))
+        assert status.Status == 0xC000  # ... and the query refused, never an empty answer
+        assert "worklist" in status.ErrorComment
+        assert answer is None
+        assert "this is a Query/Retrieve server" in caplog.text
+    finally:
+        assoc.release()
+
+
+def test_worklist_query_from_pynetdicom(
+    start_server: Callable[..., Server], folder: Path, tmp_path: Path
+) -> None:
+    server = start_server(tmp_path, worklist=str(folder))
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(MODALITY_WORKLIST_FIND)
+    assoc = ae.associate("127.0.0.1", server.port)
+    try:
+        responses = list(assoc.send_c_find(query(Modality="CT"), MODALITY_WORKLIST_FIND))
+        assert [r[0].Status for r in responses] == [0xFF00, 0x0000]
+        assert responses[0][1].PatientID == "FSQR0006"
+    finally:
+        assoc.release()

@@ -1,0 +1,269 @@
+"""Scale benchmark (issue 5): C-FIND's own work per query, and memory per indexed instance,
+at 10,000 / 100,000 (and, on request, 1,000,000) instances.
+
+    python benchmarks/bench_scale.py               # C-FIND at 10k and 100k instances
+    python benchmarks/bench_scale.py --million     # ... and at 1,000,000
+    python benchmarks/bench_scale.py --memory      # RSS per instance at 100k (and 1M with --million)
+
+The index is built IN MEMORY FROM SYNTHETIC RECORDS, WITHOUT FILES: writing and scanning a
+million files would take far longer than what is measured here. Each record is made by the scan's
+own `header.records_from` from the values `synthetic.write_tree` would write (same tree shape:
+two studies of two series of 25 instances per patient, same names, dates and paths), and
+travels through pickle in chunks of 200, as the start-up scan's worker processes deliver it.
+
+1. C-FIND: the server's own work per query, as the handler logs it ("fsqr X ms"): identifier
+   parsed, index searched, every response data set built. No network. Targets at 100k: <= 1 ms
+   with a unique key, <= 20 ms for a STUDY-level PatientName wildcard; the unique-key queries
+   at 1M no more than 2x their 10k figures.
+2. Memory (`--memory`): resident set growth over the same process before indexing, divided by
+   the instances indexed, in a fresh process per size. Target: <= 600 bytes per instance.
+
+Reports medians; nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import pickle
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import date, timedelta
+
+from pydicom.dataset import Dataset
+
+from fsqr.header import records_from
+from fsqr.index import Index
+from fsqr.keys import KEY_BY_KEYWORD, Model
+from fsqr.query import find, parse_identifier
+from fsqr.records import Parsed
+from fsqr.scan import HeaderCache
+from fsqr.synthetic import synthetic_uid, tree_split
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+ROOT = "/srv/dicom/incoming-tree"  # a made-up served root: the records' paths start here
+_CHUNK = 200  # as scan._CHUNK: records cross from the worker processes by this many
+
+
+def _tag(keyword: str) -> int:
+    return KEY_BY_KEYWORD[keyword].tag
+
+
+def synthetic_records(instances: int) -> Iterator[Parsed]:
+    """Records of a `write_tree`-shaped tree of about `instances` instances, made without files."""
+    patients, studies, series_per_study, per_series = tree_split(instances)
+    first_day = date(2023, 1, 1)
+    for p in range(1, patients + 1):
+        patient_id = f"T0P{p:06d}"
+        patient = {
+            "PatientID": patient_id,
+            "PatientName": f"DOE^PATIENT{p:04d}",
+            "PatientBirthDate": (first_day - timedelta(days=7000 + p % 20000)).strftime("%Y%m%d"),
+            "PatientSex": "MF"[p % 2],
+        }
+        for s in range(1, studies + 1):
+            modality = ("CT", "MR")[((p - 1) * studies + s - 1) % 2]
+            study_date = (first_day + timedelta(days=(p * 7 + s) % 365)).strftime("%Y%m%d")
+            study = {
+                "StudyInstanceUID": synthetic_uid("tree", 0, p, s),
+                "StudyDate": study_date,
+                "StudyTime": f"{8 + (p + s) % 10:02d}0000",
+                "AccessionNumber": f"A{p:06d}{s:03d}",
+                "StudyDescription": f"{modality} STUDY {s}",
+                "StudyID": str(s),
+            }
+            for r in range(1, series_per_study + 1):
+                series = {
+                    "SeriesInstanceUID": synthetic_uid("tree", 0, p, s, r),
+                    "Modality": modality,
+                    "SeriesNumber": str(r),
+                    "SeriesDescription": f"{modality} SERIES {r}",
+                }
+                folder = f"{ROOT}/{patient_id}/{study_date}_{s:03d}/{r:03d}_{modality}"
+                for i in range(1, per_series + 1):
+                    values = {
+                        **patient,
+                        **study,
+                        **series,
+                        "SOPInstanceUID": synthetic_uid("tree", 0, p, s, r, i),
+                        "SOPClassUID": CT_IMAGE if modality == "CT" else MR_IMAGE,
+                        "InstanceNumber": str(i),
+                        "ImageType": "ORIGINAL\\PRIMARY\\AXIAL",
+                        "Rows": "16",
+                        "Columns": "16",
+                        "BitsAllocated": "16",
+                    }
+                    by_tag = {_tag(k): v for k, v in values.items()}
+                    parsed = records_from(
+                        lambda tag, by_tag=by_tag: by_tag.get(tag, ""),  # type: ignore[misc]
+                        lambda: "",
+                        path=f"{folder}/{i:04d}.dcm",
+                        size=1234,
+                        mtime_ns=1_700_000_000_000_000_000 + i,
+                        transfer_syntax=EXPLICIT_LE,
+                    )
+                    assert isinstance(parsed, Parsed)
+                    yield parsed
+
+
+def build_index(instances: int) -> Index:
+    """An index of synthetic records delivered as the start-up scan delivers them."""
+    index = Index()
+    chunk: list[Parsed] = []
+    for parsed in synthetic_records(instances):
+        chunk.append(parsed)
+        if len(chunk) == _CHUNK:
+            index.add_many(pickle.loads(pickle.dumps(chunk)))
+            chunk = []
+    index.add_many(pickle.loads(pickle.dumps(chunk)))
+    return index
+
+
+def identifier(level: str, **keys: str) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def queries(instances: int) -> dict[str, Dataset]:
+    """The measured queries; the entities they name lie in the middle of the tree."""
+    patients = tree_split(instances)[0]
+    p = patients // 2 + 1
+    study, series = synthetic_uid("tree", 0, p, 1), synthetic_uid("tree", 0, p, 1, 2)
+    sop = synthetic_uid("tree", 0, p, 1, 2, 3)
+    study_keys = {"StudyDate": "", "ModalitiesInStudy": "", "NumberOfStudyRelatedInstances": ""}
+    return {
+        "STUDY by StudyInstanceUID": identifier(
+            "STUDY", StudyInstanceUID=study, PatientName="", **study_keys
+        ),
+        "SERIES by SeriesInstanceUID": identifier(
+            "SERIES",
+            StudyInstanceUID=study,
+            SeriesInstanceUID=series,
+            Modality="",
+            NumberOfSeriesRelatedInstances="",
+        ),
+        "IMAGE by SOPInstanceUID": identifier(
+            "IMAGE",
+            StudyInstanceUID=study,
+            SeriesInstanceUID=series,
+            SOPInstanceUID=sop,
+            InstanceNumber="",
+        ),
+        "IMAGE of one series (25)": identifier(
+            "IMAGE", StudyInstanceUID=study, SeriesInstanceUID=series, SOPInstanceUID=""
+        ),
+        f"STUDY PatientName=DOE^PATIENT{p:04d}*": identifier(
+            "STUDY", PatientName=f"DOE^PATIENT{p:04d}*", StudyInstanceUID="", **study_keys
+        ),
+        "STUDY PatientName=*PATIENT0042": identifier(
+            "STUDY", PatientName="*PATIENT0042", StudyInstanceUID="", **study_keys
+        ),
+    }
+
+
+UNIQUE = ("STUDY by StudyInstanceUID", "SERIES by SeriesInstanceUID", "IMAGE by SOPInstanceUID")
+
+
+def own_work(index: Index, ds: Dataset, repeats: int) -> tuple[float, int]:
+    """Median seconds of what the handler times as fsqr's own work, and the number of matches."""
+
+    def answer() -> int:
+        query = parse_identifier(ds, Model.STUDY_ROOT, relational=False)
+        return sum(1 for _ in find(index, query, "FSQR", headers))
+
+    headers = HeaderCache()
+    matches = answer()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        answer()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), matches
+
+
+def bench_find(sizes: list[int], repeats: int) -> None:
+    table: dict[int, dict[str, tuple[float, int]]] = {}
+    for size in sizes:
+        started = time.perf_counter()
+        index = build_index(size)
+        print(
+            f"built an index of {index.counts().instances} synthetic instances (no files) "
+            f"in {time.perf_counter() - started:.1f} s",
+            file=sys.stderr,
+        )
+        table[size] = {name: own_work(index, ds, repeats) for name, ds in queries(size).items()}
+        del index
+        gc.collect()
+    print(f"C-FIND, fsqr's own work per query (no network), median of {repeats}:")
+    print(f"  {'instances':>40}" + "".join(f"{s:>14,}" for s in sizes))
+    names: list[str] = []
+    for size in sizes:
+        names += [n for n in table[size] if n not in names]
+    for name in names:
+        cells = []
+        for size in sizes:
+            found = [(t, m) for n, (t, m) in table[size].items() if n == name]
+            cells.append(f"{found[0][0] * 1000:7.3f} ms ({found[0][1]:>2})" if found else "-")
+        print(f"  {name:>40}" + "".join(f"{c:>14}" for c in cells))
+    smallest, largest = sizes[0], sizes[-1]
+    if largest > smallest:
+        for name in UNIQUE:
+            ratio = table[largest][name][0] / table[smallest][name][0]
+            print(f"  {name}: {largest:,} vs {smallest:,}: {ratio:.2f}x (target <= 2x)")
+    print("  (targets at 100,000: unique key <= 1 ms, STUDY PatientName wildcard <= 20 ms)")
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_child(instances: int) -> None:
+    """In a fresh process: RSS growth from indexing `instances` instances, per instance."""
+    gc.collect()
+    before = rss_bytes()
+    index = build_index(instances)
+    gc.collect()
+    after = rss_bytes()
+    n = index.counts().instances
+    print(
+        f"  {n:>10,} instances: {(after - before) / 2**20:8.1f} MiB, {(after - before) / n:6.0f} B/instance"
+    )
+
+
+def bench_memory(sizes: list[int]) -> None:
+    print("Memory: RSS growth over the same process before indexing (target <= 600 B/instance)")
+    for size in sizes:
+        sys.stdout.flush()
+        subprocess.run([sys.executable, __file__, "--memory-child", str(size)], check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--million", action="store_true", help="also at 1,000,000 instances")
+    parser.add_argument("--memory", action="store_true", help="measure memory, not C-FIND")
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_child:
+        memory_child(args.memory_child)
+        return 0
+    sizes = [10_000, 100_000] + ([1_000_000] if args.million else [])
+    if args.memory:
+        bench_memory(sizes[1:])
+    else:
+        bench_find(sizes, args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
