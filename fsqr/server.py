@@ -60,7 +60,7 @@ class Server:
             self._build_index()
             if self.watcher is not None:
                 self.watcher.release()
-            ae = self._make_ae()
+            ae = application_entity(self.config)
             self._listener = ae.start_server(
                 (self.config.host, self.config.port),
                 block=False,
@@ -145,24 +145,26 @@ class Server:
                 "%d files repeat a SOP Instance UID already indexed; one is served", duplicates
             )
 
-    def _make_ae(self) -> Any:
-        ae = AE(ae_title=self.config.ae_title)
-        timeouts = self.config.timeouts
-        ae.acse_timeout = timeouts.acse
-        ae.dimse_timeout = timeouts.dimse
-        ae.network_timeout = timeouts.network
-        ae.maximum_associations = self.config.max_associations
-        ae.maximum_pdu_size = self.config.max_pdu
-        ae.require_called_aet = False
-        ae.add_supported_context(Verification)
-        # Modality Worklist is always accepted, so that a worklist query sent here without a
-        # worklist folder gets a failure that says why, not a rejected context.
-        for uid in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS, MODALITY_WORKLIST_FIND):
-            ae.add_supported_context(uid)
-        # Every storage SOP Class in every transfer syntax: C-STORE from peers (stored as sent),
-        # and C-GET's sub-operations, which need both roles for role selection (PS3.7 D.3.3.4).
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(
-                str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
-            )
-        return ae
+
+def application_entity(config: Config) -> Any:
+    """The Application Entity fsqr serves as: its timeouts, limits and presentation contexts."""
+    ae = AE(ae_title=config.ae_title)
+    timeouts = config.timeouts
+    ae.acse_timeout = timeouts.acse
+    ae.dimse_timeout = timeouts.dimse
+    ae.network_timeout = timeouts.network
+    ae.maximum_associations = config.max_associations
+    ae.maximum_pdu_size = config.max_pdu
+    ae.require_called_aet = False
+    ae.add_supported_context(Verification)
+    # Modality Worklist is always accepted, so that a worklist query sent here without a
+    # worklist folder gets a failure that says why, not a rejected context.
+    for uid in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS, MODALITY_WORKLIST_FIND):
+        ae.add_supported_context(uid)
+    # Every storage SOP Class in every transfer syntax: C-STORE from peers (stored as sent),
+    # and C-GET's sub-operations, which need both roles for role selection (PS3.7 D.3.3.4).
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(
+            str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+        )
+    return ae
