@@ -34,9 +34,13 @@ if TYPE_CHECKING:
 LogLevel = Literal["debug", "info", "warning", "error"]
 WatchMode = Literal["native", "polling", "off"]
 OnDuplicate = Literal["replace", "keep", "reject"]
+Operation = Literal["echo", "find", "move", "get", "store"]  # what a caller may be allowed to do
+Callers = Literal["any", "known"]
 LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
 WATCH_MODES: tuple[WatchMode, ...] = get_args(WatchMode)
 ON_DUPLICATE: tuple[OnDuplicate, ...] = get_args(OnDuplicate)
+OPERATIONS: tuple[Operation, ...] = get_args(Operation)
+CALLERS: tuple[Callers, ...] = get_args(Callers)
 
 DEFAULT_LAYOUT = "incoming/{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
 MAX_PDU_LIMIT = 2**32 - 1  # PS3.8 D.1: Maximum Length Received is a 32-bit unsigned integer
@@ -215,6 +219,25 @@ def _layout(value: Any, at: _At) -> str:
     return value
 
 
+def _operations(value: Any, at: _At) -> tuple[Operation, ...]:
+    """A list of operations (any letter case), returned in the order of `OPERATIONS`.
+
+    >>> _operations(["Move", "find"], _At("f"))
+    ('find', 'move')
+    """
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise at.error(f"must be a list of {', '.join(OPERATIONS)}; got {_shown(value)}")
+    named = {_one_of(OPERATIONS)(item, at) for item in value}
+    return tuple(op for op in OPERATIONS if op in named)
+
+
+def _file(value: Any, at: _At) -> Path:
+    text = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(text, str) or not text:
+        raise at.error(f"must be the path of a file, got {_shown(value)}")
+    return Path(text).expanduser()
+
+
 def _max_pdu(value: Any, at: _At) -> int:
     """0 (no limit, PS3.8 D.1) or a size in bytes from `MIN_MAX_PDU` up."""
     if (
@@ -248,6 +271,10 @@ class Peer:
     ae_title: str  # the key in `ae_table`, stripped of leading and trailing spaces
     host: str = field(metadata={_CHECK: _host})
     port: int = field(metadata={_CHECK: _integer(1, 65535)})
+    # what this AE may ask of us, when it is the calling AE of an association
+    allow: tuple[Operation, ...] = field(default=OPERATIONS, metadata={_CHECK: _operations})
+    # C-MOVE sub-associations to this AE use TLS (fsqr's `tls` settings)
+    tls: bool = field(default=False, metadata={_CHECK: _boolean})
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -301,7 +328,11 @@ def _ae_table(value: Any, at: _At) -> AETable:
             )
         if isinstance(entry, Peer) and entry.ae_title.strip(" ") != title:
             raise entry_at.error(f"holds a Peer named {entry.ae_title!r}")
-        keys = {"host": entry.host, "port": entry.port} if isinstance(entry, Peer) else entry
+        keys = (
+            {k: v for k, v in _fields_of(entry).items() if k != "ae_title"}
+            if isinstance(entry, Peer)
+            else entry
+        )
         peers[title] = _from_mapping(Peer, keys, entry_at, ae_title=title)
     return AETable(tuple(peers.values()))
 
@@ -325,6 +356,44 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class Access:
+    """Who may associate, and what callers not in `ae_table` may do (`Peer.allow` for the rest).
+
+    A calling AE title is a claim anyone can make; `check_address` ties it to a host.
+    """
+
+    # any = every calling AE title; known = only the AE titles in ae_table
+    callers: Callers = field(default="any", metadata={_CHECK: _one_of(CALLERS)})
+    # a caller named in ae_table must connect from an address its `host` resolves to
+    check_address: bool = field(default=False, metadata={_CHECK: _boolean})
+    # the Called AE Title of an association request must be our ae_title
+    require_called_ae_title: bool = field(default=False, metadata={_CHECK: _boolean})
+    # what a calling AE that is not in ae_table may do (with callers: any)
+    allow: tuple[Operation, ...] = field(default=OPERATIONS, metadata={_CHECK: _operations})
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """DICOM TLS (PS3.15 B.9, BCP 195): the server's certificate, and whose certificates we trust.
+
+    Without `certificate` and `key` fsqr listens without TLS. With `ca`, every caller must show a
+    certificate signed by it (mutual TLS), and C-MOVE destinations with `tls: true` are checked
+    against it (else against the system's trusted certificates).
+    """
+
+    certificate: Path | None = field(default=None, metadata={_CHECK: _file})  # PEM, with chain
+    key: Path | None = field(default=None, metadata={_CHECK: _file})  # PEM, unencrypted
+    ca: Path | None = field(default=None, metadata={_CHECK: _file})  # PEM bundle of CAs
+
+
+def _tls(value: Any, at: _At) -> Tls:
+    tls = _section(Tls)(value, at)
+    if (tls.certificate is None) != (tls.key is None):
+        raise at.error("certificate and key must be given together")
+    return tls
+
+
+@dataclass(frozen=True, slots=True)
 class Storage:
     """Where and how instances received by C-STORE are written under the root."""
 
@@ -340,8 +409,8 @@ class Config:
 
     >>> pacs = {"host": "pacs", "port": 104}
     >>> config = config_from_mapping({"port": 104, "ae_table": {" PACS ": pacs}})
-    >>> config.port, config.ae_title, config.peer("PACS")
-    (104, 'FSQR', Peer(ae_title='PACS', host='pacs', port=104))
+    >>> config.port, config.ae_title, config.peer("PACS").host, config.peer("PACS").allow
+    (104, 'FSQR', 'pacs', ('echo', 'find', 'move', 'get', 'store'))
     """
 
     ae_title: str = field(default="FSQR", metadata={_CHECK: _ae_title})
@@ -362,13 +431,17 @@ class Config:
     worklist: Path | None = field(default=None, metadata={_CHECK: _folder})
     read_only: bool = field(default=False, metadata={_CHECK: _boolean})
     allow_get_without_role_selection: bool = field(default=False, metadata={_CHECK: _boolean})
+    access: Access = field(default=Access(), metadata={_CHECK: _section(Access)})
+    tls: Tls = field(default=Tls(), metadata={_CHECK: _tls})
+    # C-FIND: at most this many matches are sent, then A700 (Out of Resources); 0 = no limit
+    max_find_responses: int = field(default=10000, metadata={_CHECK: _integer(0)})
 
     def peer(self, ae_title: str) -> Peer | None:
         """The peer called `ae_title`, ignoring leading and trailing spaces (PS3.5 6.2, AE).
 
         >>> config = config_from_mapping({"ae_table": {"STORESCP": {"host": "h", "port": 1}}})
-        >>> config.peer("STORESCP  ")
-        Peer(ae_title='STORESCP', host='h', port=1)
+        >>> config.peer("STORESCP  ") == Peer("STORESCP", "h", 1)
+        True
         """
         return self.ae_table.get(ae_title.strip(" "))
 
@@ -414,8 +487,8 @@ def _from_mapping(cls: type[D], data: Any, at: _At, **given: Any) -> D:
 def config_from_mapping(data: Mapping[str, Any], source: str = "<arguments>") -> Config:
     """Validate `data` as the keys of fsqr.yaml; `source` starts every error message.
 
-    Nested values may be given as the dataclasses themselves (`Timeouts`, `Storage`,
-    `AETable`, a `Peer` per AE title) as well as mappings. A relative `root` stays relative
+    Nested values may be given as the dataclasses themselves (`Timeouts`, `Storage`, `Access`,
+    `Tls`, `AETable`, a `Peer` per AE title) as well as mappings. A relative `root` stays relative
     (to the working directory).
 
     >>> config_from_mapping({"prot": 104})
@@ -429,8 +502,8 @@ def config_from_mapping(data: Mapping[str, Any], source: str = "<arguments>") ->
 def with_overrides(config: Config, **overrides: Any) -> Config:
     """`config` with the keys in `overrides` replaced, validated; a None value is "not given".
 
-    A mapping given for `timeouts` or `storage` changes only the keys it names; `ae_table`
-    is replaced as a whole.
+    A mapping given for `timeouts`, `storage`, `access` or `tls` changes only the keys it names;
+    `ae_table` is replaced as a whole.
 
     >>> base = config_from_mapping({"port": 104, "host": "127.0.0.1"})
     >>> new = with_overrides(base, port=11112, host=None, timeouts={"dimse": 5})
@@ -439,7 +512,7 @@ def with_overrides(config: Config, **overrides: Any) -> Config:
     """
     merged = _fields_of(config)
     for key, value in overrides.items():
-        if key in ("timeouts", "storage") and isinstance(value, Mapping):
+        if key in ("timeouts", "storage", "access", "tls") and isinstance(value, Mapping):
             given = {k: v for k, v in value.items() if v is not None}
             merged[key] = {**_fields_of(merged[key]), **given}
         elif value is not None:
@@ -524,4 +597,11 @@ def load_config(path: Path | None) -> Config:
         config = replace(config, root=path.parent.absolute() / config.root)
     if config.worklist is not None and not config.worklist.is_absolute():
         config = replace(config, worklist=path.parent.absolute() / config.worklist)
+    tls_files = {
+        name: path.parent.absolute() / given
+        for name in ("certificate", "key", "ca")
+        if (given := getattr(config.tls, name)) is not None and not given.is_absolute()
+    }
+    if tls_files:
+        config = replace(config, tls=replace(config.tls, **tls_files))
     return config

@@ -49,6 +49,18 @@ class StoreRefused(DimseError):
     status = status.NOT_AUTHORIZED
 
 
+class NotAuthorized(DimseError):
+    """The caller may not ask for this here: `ae_table` `allow`, `access.allow` (0124)."""
+
+    status = status.NOT_AUTHORIZED
+
+
+class TooManyResponses(DimseError):
+    """A C-FIND matched more than `max_find_responses` (A700, PS3.4 C.4.1.1.4)."""
+
+    status = status.OUT_OF_RESOURCES
+
+
 class DuplicateInstance(DimseError):
     """C-STORE of a SOP Instance UID already stored, with `on_duplicate: reject` (0111)."""
 

@@ -31,9 +31,16 @@ from pynetdicom import AE, build_context, evt
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode as encode_dataset
 
-from fsqr import retrieve, status
-from fsqr.config import Config, Peer
-from fsqr.errors import DimseError, InvalidIdentifier, MoveDestinationUnknown, UnableToProcess
+from fsqr import retrieve, security, status
+from fsqr.config import Config, Operation, Peer
+from fsqr.errors import (
+    DimseError,
+    InvalidIdentifier,
+    MoveDestinationUnknown,
+    NotAuthorized,
+    TooManyResponses,
+    UnableToProcess,
+)
 from fsqr.index import Index
 from fsqr.keys import FIND_MODELS, GET_MODELS, MODALITY_WORKLIST_FIND, MOVE_MODELS, Model
 from fsqr.query import find, instances_to_retrieve, parse_identifier, parse_retrieve_identifier
@@ -389,6 +396,7 @@ class _SubAssociation:
                 contexts=contexts,
                 ae_title=peer.ae_title,
                 max_pdu=config.max_pdu,
+                tls_args=(security.client_context(config.tls), peer.host) if peer.tls else None,
                 evt_handlers=[
                     (evt.EVT_CONN_OPEN, set_nodelay),
                     (evt.EVT_CONN_OPEN, connect),
@@ -537,6 +545,7 @@ class Handlers:
 
     def bindings(self) -> list[tuple[Any, Any]]:
         return [
+            (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_CONN_OPEN, self.take_retrieve_requests),
             (evt.EVT_DIMSE_RECV, self.cancels.on_dimse_recv),
@@ -559,7 +568,47 @@ class Handlers:
                 accepted[uid] = bytes([int(relational)])
         return accepted
 
+    def on_requested(self, event: Any) -> None:
+        """EVT_REQUESTED: admit the association, or send A-ASSOCIATE-RJ (PS3.8 9.3.4) and end it.
+
+        The request is judged before pynetdicom negotiates it (`security.admit`). Anything
+        unexpected here rejects the association: access control fails closed.
+        """
+        assoc = event.assoc
+        request = assoc.requestor.primitive
+        calling = str(request.calling_ae_title).strip()
+        where = f"{calling}@{assoc.requestor.address}:{assoc.requestor.port}"
+        try:
+            refusal = security.admit(
+                self.config, calling, str(request.called_ae_title), str(assoc.requestor.address)
+            )
+        except Exception:
+            log.exception("association from %s: access check failed; rejected", where)
+            refusal = security.Refusal(security.REJECTED_PERMANENT, security.SERVICE_USER, 1, "")
+        if refusal is None:
+            return
+        log.warning("association from %s rejected: %s", where, refusal.why)
+        # As pynetdicom does when it rejects a request itself (acse.py, _negotiate_as_acceptor).
+        assoc.acse.send_reject(refusal.result, refusal.source, refusal.reason)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
+
+    def _authorize(self, event: Any, operation: Operation) -> None:
+        """Raise NotAuthorized (0124) if the calling AE may not ask for `operation`."""
+        calling = str(event.assoc.requestor.ae_title).strip()
+        if not security.allowed(self.config, calling, operation):
+            log.warning(
+                "C-%s from %s refused: not allowed (ae_table allow, access.allow)",
+                operation.upper(),
+                caller(event.assoc),
+            )
+            raise NotAuthorized(f"{calling} may not {operation} here")
+
     def on_echo(self, event: Any) -> int:
+        try:
+            self._authorize(event, "echo")
+        except NotAuthorized:
+            return status.NOT_AUTHORIZED
         log.info("C-ECHO from %s", caller(event.assoc))
         return status.SUCCESS
 
@@ -675,6 +724,7 @@ class Handlers:
         outcome_text = ""
         tally = retrieve.Tally(0)
         try:
+            self._authorize(event, "move" if models is MOVE_MODELS else "get")
             open_link = self._links(event, responder)
             relational = event.assoc.acceptor.sop_class_extended.get(sop_class, b"")[:1] == b"\1"
             query = parse_retrieve_identifier(_identifier(event), model, relational=relational)
@@ -739,6 +789,7 @@ class Handlers:
         uid = str(event.request.AffectedSOPInstanceUID)
         who = caller(event.assoc)
         try:
+            self._authorize(event, "store")
             encoded = event.encoded_dataset()
             stored = self.receiver.store(encoded, str(event.request.AffectedSOPClassUID), uid)
         except DimseError as exc:
@@ -794,7 +845,9 @@ class Handlers:
         matches = 0
         outcome = "0000 Success"
         level = "?"
+        cap = self.config.max_find_responses
         try:
+            self._authorize(event, "find")
             tick = time.perf_counter()
             level, results = answers(event)
             busy += time.perf_counter() - tick
@@ -808,6 +861,8 @@ class Handlers:
                 busy += time.perf_counter() - tick
                 if answer is None:
                     return
+                if cap and matches >= cap:  # PS3.4 C.4.1.1.4: A700, Refused: Out of Resources
+                    raise TooManyResponses(f"more than {cap} matches: narrow the query")
                 matches += 1
                 yield status.PENDING, answer
         except DimseError as exc:

@@ -16,6 +16,7 @@ per folder under it rather than a pass over every file.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -74,6 +75,21 @@ View = PatientView | StudyView | SeriesView | InstanceView
 
 
 @dataclass(frozen=True, slots=True)
+class Entity:
+    """One entity at `level` as its records alone, None below the level: what matching reads.
+
+    Copied out of the index at the cost of one small object; `Index.views` turns the entities
+    that match into views with their computed attributes.
+    """
+
+    level: Level
+    patient: Patient
+    study: Study | None = None
+    series: Series | None = None
+    instance: Instance | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Counts:
     patients: int
     studies: int
@@ -85,7 +101,9 @@ class Counts:
 @dataclass(slots=True, eq=False)
 class _SeriesNode:
     record: Series
-    instances: dict[str, Instance] = field(default_factory=dict)
+    # SOP Instance UIDs, in the order indexed; the records are in Index._served. A list, not a
+    # dict: a dict entry per instance would cost a twentieth of the index.
+    instances: list[str] = field(default_factory=list)
     sop_classes: Counter[str] = field(default_factory=Counter)
 
 
@@ -112,10 +130,11 @@ class Index:
         self._studies: dict[str, _StudyNode] = {}
         self._series: dict[str, _SeriesNode] = {}
         self._served: dict[str, Instance] = {}  # SOP Instance UID -> the copy that is served
-        self._by_path: dict[str, Instance] = {}  # every indexed file
+        # Every indexed file: folder (with its trailing separator, as Instance.folder) -> name
+        # -> record. No dict of full paths: a folder's path is held once, however many files.
+        self._files: dict[str, dict[str, Instance]] = {}
         # Copies of an already-served SOP Instance UID, oldest first, waiting to be revealed.
         self._waiting: dict[str, list[Parsed]] = {}
-        self._by_folder: dict[str, set[str]] = {}  # folder -> the indexed files directly in it
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -136,17 +155,16 @@ class Index:
         """
         new = parsed.instance
         with self._lock:
-            held = self._by_path.get(new.path)
+            held = self._at(new.path)
             if held is not None and (held.size, held.mtime_ns) == (new.size, new.mtime_ns):
                 return False
             self._add(parsed, serve=False)
             return True
 
     def _add(self, parsed: Parsed, serve: bool) -> None:
-        path = parsed.instance.path
-        self._remove_path(path)
-        self._by_path[path] = parsed.instance
-        self._by_folder.setdefault(os.path.dirname(path), set()).add(path)
+        parsed = _compact(parsed)
+        self._remove_path(parsed.instance.path)
+        self._file(parsed.instance)
         uid = parsed.instance.sop_instance_uid
         served = self._served.get(uid)
         if served is None:
@@ -184,7 +202,7 @@ class Index:
         already indexed at the new paths are replaced. Returns how many files moved.
         """
         with self._lock:
-            moves = [(src, dest)] if src in self._by_path else []
+            moves = [(src, dest)] if self._at(src) is not None else []
             prefix_length = len(src.rstrip(os.sep))
             moves += [(p, dest.rstrip(os.sep) + p[prefix_length:]) for p in self._paths_under(src)]
             for old_path, new_path in moves:
@@ -194,37 +212,45 @@ class Index:
 
     def _move_path(self, old_path: str, new_path: str) -> None:
         self._remove_path(new_path)
-        old = self._by_path.pop(old_path)
-        self._forget_folder(old_path)
-        new = replace(old, path=new_path)
-        self._by_path[new_path] = new
-        self._by_folder.setdefault(os.path.dirname(new_path), set()).add(new_path)
+        old = self._unfile(old_path)
+        if old is None:
+            return
+        new = _compact_instance(old, new_path)
+        self._file(new)
         uid = old.sop_instance_uid
         if self._served.get(uid) is old:
             self._served[uid] = new
-            self._series[new.series_uid].instances[uid] = new
         else:
             self._waiting[uid] = [
                 replace(p, instance=new) if p.instance is old else p for p in self._waiting[uid]
             ]
 
     def _paths_under(self, folder: str) -> list[str]:
-        folder = folder.rstrip(os.sep)
-        prefix = folder + os.sep
+        prefix = folder.rstrip(os.sep) + os.sep
         return [
-            path
-            for name, paths in self._by_folder.items()
-            if name == folder or name.startswith(prefix)
-            for path in paths
+            held + name
+            for held, files in self._files.items()
+            if held.startswith(prefix)
+            for name in files
         ]
 
-    def _forget_folder(self, path: str) -> None:
-        folder = os.path.dirname(path)
-        paths = self._by_folder.get(folder)
-        if paths is not None:
-            paths.discard(path)
-            if not paths:
-                del self._by_folder[folder]
+    def _at(self, path: str) -> Instance | None:
+        cut = path.rfind(os.sep) + 1
+        files = self._files.get(path[:cut])
+        return None if files is None else files.get(path[cut:])
+
+    def _file(self, instance: Instance) -> None:
+        self._files.setdefault(instance.folder, {})[instance.name] = instance
+
+    def _unfile(self, path: str) -> Instance | None:
+        cut = path.rfind(os.sep) + 1
+        files = self._files.get(path[:cut])
+        if files is None:
+            return None
+        instance = files.pop(path[cut:], None)
+        if not files:
+            del self._files[path[:cut]]
+        return instance
 
     def _parsed_of(self, instance: Instance) -> Parsed:
         """The records a served instance is linked under, to file it among the waiting copies."""
@@ -233,10 +259,9 @@ class Index:
         return Parsed(self._patients[study.patient_id].record, study, series, instance)
 
     def _remove_path(self, path: str) -> Instance | None:
-        instance = self._by_path.pop(path, None)
+        instance = self._unfile(path)
         if instance is None:
             return None
-        self._forget_folder(path)
         uid = instance.sop_instance_uid
         waiting = self._waiting.get(uid, [])
         if self._served.get(uid) is instance:
@@ -251,29 +276,35 @@ class Index:
 
     def _link(self, parsed: Parsed) -> None:
         # The latest file's attributes win at every level: what is on disk is what is served.
-        # A study keeps the patient it was first filed under, and a series its study.
-        patient = self._patients.get(parsed.patient.patient_id)
+        # But a series stays in the study it was first filed under, and a study with its first
+        # patient, whatever a later file says: each record keeps the links of its node, so
+        # that every node is found under its parent and no parent is left empty.
+        p, st, se = parsed.patient, parsed.study, parsed.series
+        series = self._series.get(se.series_uid)
+        study = (
+            self._studies[series.record.study_uid] if series else self._studies.get(st.study_uid)
+        )
+        patient = (
+            self._patients[study.record.patient_id] if study else self._patients.get(p.patient_id)
+        )
         if patient is None:
-            patient = self._patients[parsed.patient.patient_id] = _PatientNode(parsed.patient)
-        else:
-            patient.record = parsed.patient
-        study = self._studies.get(parsed.study.study_uid)
+            patient = self._patients[p.patient_id] = _PatientNode(p)
+        elif patient.record.patient_id == p.patient_id:
+            patient.record = p
         if study is None:
-            study = self._studies[parsed.study.study_uid] = _StudyNode(parsed.study)
-            patient.studies[parsed.study.study_uid] = study
-        else:
-            study.record = parsed.study
-            patient = self._patients[study.record.patient_id]
-        series = self._series.get(parsed.series.series_uid)
+            study = self._studies[st.study_uid] = _StudyNode(st)
+            patient.studies[st.study_uid] = study
+        elif study.record.study_uid == st.study_uid:
+            held = study.record.patient_id
+            study.record = st if st.patient_id == held else replace(st, patient_id=held)
         if series is None:
-            series = self._series[parsed.series.series_uid] = _SeriesNode(parsed.series)
-            study.series[parsed.series.series_uid] = series
+            series = self._series[se.series_uid] = _SeriesNode(se)
+            study.series[se.series_uid] = series
         else:
-            series.record = parsed.series
-            study = self._studies[series.record.study_uid]
-            patient = self._patients[study.record.patient_id]
+            held = series.record.study_uid
+            series.record = se if se.study_uid == held else replace(se, study_uid=held)
         instance = parsed.instance
-        series.instances[instance.sop_instance_uid] = instance
+        series.instances.append(instance.sop_instance_uid)
         series.sop_classes[instance.sop_class_uid] += 1
         study.instances += 1
         patient.instances += 1
@@ -284,7 +315,7 @@ class Index:
         series = self._series[instance.series_uid]
         study = self._studies[series.record.study_uid]
         patient = self._patients[study.record.patient_id]
-        del series.instances[instance.sop_instance_uid]
+        series.instances.remove(instance.sop_instance_uid)
         series.sop_classes[instance.sop_class_uid] -= 1
         if not series.sop_classes[instance.sop_class_uid]:
             del series.sop_classes[instance.sop_class_uid]
@@ -308,12 +339,12 @@ class Index:
                 studies=len(self._studies),
                 series=len(self._series),
                 instances=len(self._served),
-                files=len(self._by_path),
+                files=sum(len(files) for files in self._files.values()),
             )
 
     def instance_at(self, path: str) -> Instance | None:
         with self._lock:
-            return self._by_path.get(path)
+            return self._at(path)
 
     def instance(self, sop_instance_uid: str) -> Instance | None:
         with self._lock:
@@ -321,48 +352,90 @@ class Index:
 
     def paths(self) -> list[str]:
         with self._lock:
-            return list(self._by_path)
+            return [folder + name for folder, files in self._files.items() for name in files]
 
     def stamps_under(self, folder: str) -> dict[str, tuple[int, int]]:
         """Size and mtime (ns) of every indexed file below `folder`, by path: what a rescan
         compares the disk with."""
         with self._lock:
+            prefix = folder.rstrip(os.sep) + os.sep
             return {
-                p: (self._by_path[p].size, self._by_path[p].mtime_ns)
-                for p in self._paths_under(folder)
+                held + name: (instance.size, instance.mtime_ns)
+                for held, files in self._files.items()
+                if held.startswith(prefix)
+                for name, instance in files.items()
             }
 
     def candidates(self, level: Level, uids: dict[Level, Sequence[str]]) -> list[View]:
         """Views of every entity at `level`, narrowed by the unique keys in `uids`.
 
-        `uids` maps a level to the values its Unique Key must take (a UID list, or one
-        PatientID); levels absent from it are not narrowed. Narrowing looks entities up by
-        key instead of scanning, and only ever drops entities that could not match, so the
-        caller still matches every key.
+        `uids` maps a level to the values its Unique Key must take (a UID list, or PatientIDs);
+        levels absent from it are not narrowed. Narrowing looks entities up by key instead of
+        scanning, and only ever drops entities that could not match, so the caller still
+        matches every key. Each view carries the level's computed attributes, which costs work
+        per entity: a query matches `entities` first and asks for `views` of the matches only.
         """
+        with self._lock:
+            return self._views(self._entities(level, uids))
+
+    def entities(self, level: Level, uids: dict[Level, Sequence[str]]) -> list[Entity]:
+        """The entities at `level` narrowed by `uids` (as in `candidates`), as records only.
+
+        Cheap: one small object per entity, nothing counted. Match these outside the lock and
+        ask `views` for the few that match.
+        """
+        with self._lock:
+            return self._entities(level, uids)
+
+    def views(self, entities: Iterable[Entity]) -> list[View]:
+        """Full views, computed attributes included, of those `entities` still indexed."""
+        with self._lock:
+            return self._views(entities)
+
+    def _entities(self, level: Level, uids: dict[Level, Sequence[str]]) -> list[Entity]:
         patient_ids = uids.get(Level.PATIENT)
         study_uids = uids.get(Level.STUDY)
-        with self._lock:
-            if level is Level.PATIENT:
-                return [self._patient_view(p) for p in self._patients_of(patient_ids)]
-            if level is Level.STUDY:
-                return [self._study_view(s) for s in self._studies_of(patient_ids, study_uids)]
-            series = self._series_of(patient_ids, study_uids, uids.get(Level.SERIES))
+        if level is Level.PATIENT:
+            return [Entity(level, p.record) for p in self._patients_of(patient_ids)]
+        if level is Level.STUDY:
+            return [
+                Entity(level, self._patients[s.record.patient_id].record, s.record)
+                for s in self._studies_of(patient_ids, study_uids)
+            ]
+        series_uids = uids.get(Level.SERIES)
+        wanted = uids.get(Level.IMAGE)
+        if level is Level.IMAGE and wanted is not None:
+            return self._instances_of(patient_ids, study_uids, series_uids, wanted)
+        found: list[Entity] = []
+        for node in self._series_of(patient_ids, study_uids, series_uids):
+            study = self._studies[node.record.study_uid].record
+            patient = self._patients[study.patient_id].record
             if level is Level.SERIES:
-                return [self._series_view(s) for s in series]
-            wanted = uids.get(Level.IMAGE)
-            views: list[View] = []
-            for node in series:
-                study = self._studies[node.record.study_uid]
-                patient = self._patients[study.record.patient_id].record
-                if wanted is None:
-                    chosen: Iterable[Instance] = node.instances.values()
-                else:
-                    chosen = [
-                        node.instances[u] for u in dict.fromkeys(wanted) if u in node.instances
-                    ]
-                views.extend(InstanceView(patient, study.record, node.record, i) for i in chosen)
-            return views
+                found.append(Entity(level, patient, study, node.record))
+                continue
+            found.extend(
+                Entity(level, patient, study, node.record, self._served[u]) for u in node.instances
+            )
+        return found
+
+    def _views(self, entities: Iterable[Entity]) -> list[View]:
+        views: list[View] = []
+        for e in entities:
+            if e.instance is not None and e.study is not None and e.series is not None:
+                views.append(InstanceView(e.patient, e.study, e.series, e.instance))
+            elif e.series is not None:
+                series = self._series.get(e.series.series_uid)
+                if series is not None:
+                    views.append(self._series_view(series))
+            elif e.study is not None:
+                study = self._studies.get(e.study.study_uid)
+                if study is not None:
+                    views.append(self._study_view(study))
+            else:
+                patient = self._patients.get(e.patient.patient_id)
+                if patient is not None:
+                    views.append(self._patient_view(patient))
+        return views
 
     def _patients_of(self, patient_ids: Sequence[str] | None) -> list[_PatientNode]:
         if patient_ids is None:
@@ -376,7 +449,31 @@ class Index:
             return [s for p in self._patients_of(patient_ids) for s in p.studies.values()]
         found = [self._studies[u] for u in dict.fromkeys(study_uids) if u in self._studies]
         if patient_ids is not None:
-            found = [s for s in found if s.record.patient_id in patient_ids]
+            allowed = set(patient_ids)
+            found = [s for s in found if s.record.patient_id in allowed]
+        return found
+
+    def _instances_of(
+        self,
+        patient_ids: Sequence[str] | None,
+        study_uids: Sequence[str] | None,
+        series_uids: Sequence[str] | None,
+        sop_uids: Sequence[str],
+    ) -> list[Entity]:
+        """Instances looked up by SOP Instance UID, then kept if they lie in what the levels
+        above are narrowed to."""
+        instances = [self._served[u] for u in dict.fromkeys(sop_uids) if u in self._served]
+        if patient_ids is not None or study_uids is not None or series_uids is not None:
+            allowed = {
+                x.record.series_uid for x in self._series_of(patient_ids, study_uids, series_uids)
+            }
+            instances = [i for i in instances if i.series_uid in allowed]
+        found = []
+        for i in instances:
+            series = self._series[i.series_uid].record
+            study = self._studies[series.study_uid].record
+            patient = self._patients[study.patient_id].record
+            found.append(Entity(Level.IMAGE, patient, study, series, i))
         return found
 
     def _series_of(
@@ -427,9 +524,41 @@ class Index:
             study=study.record,
             series=s.record,
             instances=len(s.instances),
-            first_path=next(iter(s.instances.values())).path,
+            first_path=self._served[s.instances[0]].path,
         )
 
-    @staticmethod
-    def _first_path(study: _StudyNode) -> str:
-        return next(iter(next(iter(study.series.values())).instances.values())).path
+    def _first_path(self, study: _StudyNode) -> str:
+        return self._served[next(iter(study.series.values())).instances[0]].path
+
+
+def _compact(parsed: Parsed) -> Parsed:
+    return replace(parsed, instance=_compact_instance(parsed.instance))
+
+
+def _compact_instance(i: Instance, path: str | None = None) -> Instance:
+    """The same record (at `path` if given), its repeated strings shared among all instances.
+
+    Records arrive from the scan's worker processes through pickle, which shares a string only
+    within one chunk of files. Interning here makes every instance of a folder, series or SOP
+    Class point at one copy, and the SOP Instance UID is held once, not again in `values`.
+    """
+    uid = i.sop_instance_uid
+    if i.values and i.values[0] == uid:  # the UID is unique: kept once, not interned
+        values = (uid, *map(sys.intern, i.values[1:]))
+    else:
+        values = tuple(map(sys.intern, i.values))
+    if path is None:
+        folder, name = i.folder, i.name
+    else:
+        cut = path.rfind(os.sep) + 1
+        folder, name = path[:cut], path[cut:]
+    return Instance(
+        uid,
+        sys.intern(i.series_uid),
+        sys.intern(i.sop_class_uid),
+        sys.intern(i.transfer_syntax_uid),
+        stamp=i.stamp,
+        values=values,
+        folder=sys.intern(folder),
+        name=sys.intern(name),
+    )

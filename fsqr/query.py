@@ -18,7 +18,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from fsqr.errors import InvalidIdentifier
-from fsqr.index import Index, InstanceView, PatientView, SeriesView, StudyView, View
+from fsqr.index import Entity, Index, InstanceView, PatientView, SeriesView, StudyView, View
 from fsqr.keys import (
     KEY_BY_TAG,
     QUERY_RETRIEVE_LEVEL,
@@ -28,7 +28,7 @@ from fsqr.keys import (
     Model,
     unique_key,
 )
-from fsqr.matching import match
+from fsqr.matching import Matcher, is_universal, match, matcher
 from fsqr.records import Instance, Patient, Series, Study
 from fsqr.scan import HeaderCache, element_text
 
@@ -208,11 +208,69 @@ def parse_retrieve_identifier(identifier: Dataset, model: Model, *, relational: 
 # -- answering ------------------------------------------------------------------------------
 
 
+_BATCH = 64  # matches turned into views per visit to the index's lock
+
+
 def find(index: Index, query: Query, ae_title: str, headers: HeaderCache) -> Iterator[Dataset]:
-    """Yield a response identifier for every entity that matches `query`, one at a time."""
-    for view in index.candidates(query.level, query.narrowing()):
-        if all(_key_matches(key, view, headers) for key in query.keys):
-            yield response(query, view, ae_title, headers)
+    """Yield a response identifier for every entity that matches `query`, one at a time.
+
+    The work grows with what matches, not with what is indexed:
+
+    1. Keys of a level above the query level that the index holds (a PatientName wildcard at
+       STUDY level, say) are matched against that level's records first, and the entities that
+       match narrow the query like unique keys do: the patients whose name matches, then only
+       their studies.
+    2. The query level's candidates are copied out as records alone and every indexed key is
+       matched against them, outside the index's lock.
+    3. Only the entities that match are counted (NumberOf..., ModalitiesInStudy), a batch at
+       a time; keys that are computed or read from a file are matched then.
+    """
+    tests = _record_tests(query)
+    narrowing = _narrowed(index, query, tests)
+    later = [k for k in query.keys if k.source in (Source.COMPUTED, Source.FILE)]
+    matched: list[Entity] = []
+    for entity in index.entities(query.level, narrowing):
+        if all(test(_record(entity, level).get(keyword)) for level, keyword, test in tests):
+            matched.append(entity)
+    for start in range(0, len(matched), _BATCH):
+        for view in index.views(matched[start : start + _BATCH]):
+            if all(_key_matches(key, view, headers) for key in later):
+                yield response(query, view, ae_title, headers)
+
+
+_RecordTest = tuple[Level, str, Matcher]  # the record's level, the keyword, the compiled key
+
+
+def _record_tests(query: Query) -> list[_RecordTest]:
+    """The keys the index's records hold that are not universal, each compiled once."""
+    return [
+        (key.table_level, key.keyword, matcher(key.vr, key.pattern))
+        for key in query.keys
+        if key.source is Source.INDEX and key.vr != "SQ" and not is_universal(key.vr, key.pattern)
+    ]
+
+
+def _narrowed(index: Index, query: Query, tests: list[_RecordTest]) -> dict[Level, Sequence[str]]:
+    """`query.narrowing()`, narrowed further by matching the levels above the query level.
+
+    Each level above that has keys to match is matched on its own records, top first, and the
+    Unique Keys of those that match narrow every level below. Only entities that cannot match
+    are ever dropped: the query level matches every key again.
+    """
+    narrowing = dict(query.narrowing())
+    for level in Level:
+        if level.depth >= query.level.depth:
+            break
+        own = [(keyword, test) for at, keyword, test in tests if at is level]
+        if not own:
+            continue
+        keyword = unique_key(level).keyword
+        narrowing[level] = [
+            _record(entity, level).get(keyword)
+            for entity in index.entities(level, narrowing)
+            if all(test(_record(entity, level).get(kw)) for kw, test in own)
+        ]
+    return narrowing
 
 
 def instances_to_retrieve(index: Index, query: Query) -> list[Instance]:
@@ -258,7 +316,12 @@ def _value_text(key: QueryKey, view: View, headers: HeaderCache) -> str:
     return ""
 
 
-def _record(view: View, level: Level) -> Patient | Study | Series | Instance:
+def _record(view: View | Entity, level: Level) -> Patient | Study | Series | Instance:
+    if isinstance(view, Entity):
+        found = (view.patient, view.study, view.series, view.instance)[level.depth]
+        if found is None:
+            raise AssertionError(f"a {view.level.value} entity has no {level.value} record")
+        return found
     if level is Level.PATIENT:
         return view.patient
     if level is Level.STUDY and not isinstance(view, PatientView):

@@ -8,6 +8,8 @@ them in worker processes. Nothing here does I/O or knows about networking.
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 
 from fsqr.keys import Level, value_position
@@ -42,19 +44,104 @@ class Series:
         return self.values[value_position(Level.SERIES, keyword)]
 
 
-@dataclass(frozen=True, slots=True)
+_SIZE_BITS = 48  # the low bits of Instance.stamp hold the size, the high ones the mtime
+_SIZE_MASK = (1 << _SIZE_BITS) - 1
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Instance:
+    """One file of an instance. Made from a `path` (or, as `replace` does, a folder and name).
+
+    A million of these make up most of the index, so each is held lean. The path is held in two
+    parts, `folder` (ending in the separator) and `name`, so that the files of a folder share one
+    copy of the folder's path; `path` puts them together again, exactly as given. Size and
+    mtime, which only ever serve together to tell whether a file changed, share one integer,
+    `stamp`; `size` and `mtime_ns` take it apart.
+
+    >>> from dataclasses import replace
+    >>> i = Instance("1.9", "1.8", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2", "/d/a.dcm")
+    >>> i.folder, i.name, i.path, replace(i, size=3).path
+    ('/d/', 'a.dcm', '/d/a.dcm', '/d/a.dcm')
+    >>> j = replace(i, size=1234, mtime_ns=-5)
+    >>> (j.size, j.mtime_ns), (replace(j, size=7).size, replace(j, size=7).mtime_ns)
+    ((1234, -5), (7, -5))
+    """
+
     sop_instance_uid: str
     series_uid: str
     sop_class_uid: str
     transfer_syntax_uid: str
-    path: str  # absolute path of the file as found under the root
-    size: int  # bytes, from stat at indexing time
-    mtime_ns: int  # from stat at indexing time: a changed file no longer matches it
+    folder: str  # the file's folder as found under the root, with its trailing separator
+    name: str  # the file's name in that folder
+    stamp: int  # size and mtime (ns) from stat at indexing time: see `size` and `mtime_ns`
     values: tuple[str, ...]
+
+    def __init__(  # noqa: PLR0917 (positional, as the plain dataclass it replaced)
+        self,
+        sop_instance_uid: str,
+        series_uid: str,
+        sop_class_uid: str,
+        transfer_syntax_uid: str,
+        path: str | None = None,
+        size: int | None = None,
+        mtime_ns: int | None = None,
+        values: tuple[str, ...] = (),
+        *,
+        folder: str = "",
+        name: str = "",
+        stamp: int = 0,
+    ) -> None:
+        if path is not None:
+            cut = path.rfind(os.sep) + 1
+            folder, name = sys.intern(path[:cut]), path[cut:]
+        if size is not None or mtime_ns is not None:
+            size = stamp & _SIZE_MASK if size is None else min(size, _SIZE_MASK)
+            mtime_ns = stamp >> _SIZE_BITS if mtime_ns is None else mtime_ns
+            stamp = (mtime_ns << _SIZE_BITS) | size
+        for field, value in (
+            ("sop_instance_uid", sop_instance_uid),
+            ("series_uid", series_uid),
+            ("sop_class_uid", sop_class_uid),
+            ("transfer_syntax_uid", transfer_syntax_uid),
+            ("folder", folder),
+            ("name", name),
+            ("stamp", stamp),
+            ("values", values),
+        ):
+            object.__setattr__(self, field, value)  # frozen: the only way in
+
+    @property
+    def path(self) -> str:
+        """The file's path as found under the root."""
+        return self.folder + self.name
+
+    @property
+    def size(self) -> int:
+        """Bytes, from stat at indexing time (at most 256 TiB: larger is held as that)."""
+        return self.stamp & _SIZE_MASK
+
+    @property
+    def mtime_ns(self) -> int:
+        """From stat at indexing time: a changed file no longer matches it."""
+        return self.stamp >> _SIZE_BITS
 
     def get(self, keyword: str) -> str:
         return self.values[value_position(Level.IMAGE, keyword)]
+
+    def restamped(self, size: int, mtime_ns: int) -> Instance:
+        """The same record, for its file at this size and mtime (as stat gives them)."""
+        return Instance(
+            self.sop_instance_uid,
+            self.series_uid,
+            self.sop_class_uid,
+            self.transfer_syntax_uid,
+            None,
+            size,
+            mtime_ns,
+            self.values,
+            folder=self.folder,
+            name=self.name,
+        )
 
 
 @dataclass(frozen=True, slots=True)

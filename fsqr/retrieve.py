@@ -81,7 +81,7 @@ UNCOMPRESSED = (
 # Offered next to the stored syntaxes, so that conversion has somewhere to go. Implicit VR
 # Little Endian is the default every peer supports (PS3.5 10.1).
 _FALLBACK = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-_LOGGED_FAILURES = 10  # failures logged one by one per retrieve; the rest only summed up
+_LOGGED_REASONS = 10  # distinct reasons for failures logged per retrieve; the rest at debug
 
 
 def name_of(transfer_syntax: str) -> str:
@@ -335,7 +335,7 @@ def _open_checked(instance: Instance, index: Index, again: bool = True) -> tuple
         raise NotSendable(
             f"the file changed after it was indexed and now holds {now.instance.sop_instance_uid}"
         )
-    # Paths only at debug: a layout like <PatientID>/... puts patient IDs in them.
+    # Paths only at debug, here as everywhere in this module: see _Failures.add.
     log.info("%s changed after it was indexed; sending it as it is now", instance.sop_instance_uid)
     log.debug("%s changed: %s", instance.sop_instance_uid, path)
     return _open_checked(now.instance, index, again=False)
@@ -601,25 +601,29 @@ class Outcome:
 
 
 class _Failures:
-    """Failures of one retrieve: the first few logged one by one, then only counted."""
+    """Failures of one retrieve: each reason logged as a warning when first met (with the SOP
+    Instance UID), every failure at debug, and how often each reason recurred at the end."""
 
     def __init__(self) -> None:
         self.reasons: Counter[str] = Counter()
 
     def add(self, instance: Instance, reason: str) -> None:
         self.reasons[reason] += 1
-        if sum(self.reasons.values()) <= _LOGGED_FAILURES:
-            log.warning("not sent: %s: %s", instance.sop_instance_uid, reason)
-            log.debug("not sent: %s is %s", instance.sop_instance_uid, instance.path)
+        uid = instance.sop_instance_uid
+        if self.reasons[reason] == 1 and len(self.reasons) <= _LOGGED_REASONS:
+            log.warning("not sent: %s: %s", uid, reason)
+        else:
+            log.debug("not sent: %s: %s", uid, reason)
+        # Paths only at debug: a layout like <PatientID>/... puts patient IDs in them.
+        log.debug("not sent: %s is %s", uid, instance.path)
 
     def most_common(self) -> str:
         return self.reasons.most_common(1)[0][0] if self.reasons else ""
 
     def summary(self) -> None:
-        unlogged = sum(self.reasons.values()) - _LOGGED_FAILURES
-        if unlogged > 0:
-            common = "; ".join(f"{n} x {reason}" for reason, n in self.reasons.most_common(3))
-            log.warning("%d more sub-operations failed; most common: %s", unlogged, common)
+        for reason, n in self.reasons.most_common(_LOGGED_REASONS):
+            if n > 1:
+                log.warning("%d sub-operations failed: %s", n, reason)
 
 
 def run(

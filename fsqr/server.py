@@ -28,6 +28,7 @@ from fsqr.index import Index
 from fsqr.keys import FIND_MODELS, GET_MODELS, MODALITY_WORKLIST_FIND, MOVE_MODELS
 from fsqr.records import Parsed, Skipped
 from fsqr.scan import scan_files, walk
+from fsqr.security import server_context
 from fsqr.watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class Server:
         root = self.config.root
         if not root.is_dir():
             raise FileNotFoundError(f"root folder {root} does not exist or is not a folder")
+        ssl_context = server_context(self.config.tls)  # before the scan: a bad key fails fast
         if self.config.watch != "off":
             self.watcher = Watcher(root, self.index, self.config.watch, self.config.poll_interval)
             self.watcher.start()  # before the walk: a change during the scan is queued, not lost
@@ -65,11 +67,18 @@ class Server:
                 (self.config.host, self.config.port),
                 block=False,
                 evt_handlers=self._handlers.bindings(),
+                ssl_context=ssl_context,
             )
         except BaseException:  # the port is taken, say: no watcher threads are left behind
             self._stop_watcher()
             raise
-        log.info("%s listening on %s:%d", self.ae_title, self.host, self.port)
+        log.info(
+            "%s listening on %s:%d%s",
+            self.ae_title,
+            self.host,
+            self.port,
+            " (TLS only)" if ssl_context is not None else "",
+        )
         return self
 
     def stop(self) -> None:

@@ -265,7 +265,7 @@ class Receiver:
             return Stored("kept", old.path, uid)
 
         def index_it(st: os.stat_result) -> None:  # at once: a C-FIND may follow any moment
-            written = replace(parsed.instance, size=st.st_size, mtime_ns=st.st_mtime_ns)
+            written = parsed.instance.restamped(st.st_size, st.st_mtime_ns)
             self.index.add(replace(parsed, instance=written), serve=True)
 
         try:

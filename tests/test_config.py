@@ -11,12 +11,14 @@ import pytest
 import yaml
 
 from fsqr.config import (
+    Access,
     AETable,
     Config,
     ConfigError,
     Peer,
     Storage,
     Timeouts,
+    Tls,
     config_from_mapping,
     load_config,
     with_overrides,
@@ -412,3 +414,5 @@ def test_shipped_example_names_every_key() -> None:
     assert set(data) == {f.name for f in dataclasses.fields(Config)}
     assert set(data["timeouts"]) == {f.name for f in dataclasses.fields(Timeouts)}
     assert set(data["storage"]) == {f.name for f in dataclasses.fields(Storage)}
+    assert set(data["access"]) == {f.name for f in dataclasses.fields(Access)}
+    assert set(data["tls"]) == {f.name for f in dataclasses.fields(Tls)}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fsqr.index import Index, InstanceView, PatientView, SeriesView, StudyView
+from fsqr.index import Counts, Index, InstanceView, PatientView, SeriesView, StudyView
 from fsqr.keys import Level
 from fsqr.records import Parsed
 from fsqr.scan import read_header
@@ -188,3 +188,66 @@ def test_stamps_under_a_folder(write: Callable[..., Path]) -> None:
     index.add_many([parsed(inside), parsed(outside)])
     stat = inside.stat()
     assert index.stamps_under(str(inside.parent)) == {str(inside): (stat.st_size, stat.st_mtime_ns)}
+
+
+# -- at scale: records first, counts for the matches only; lean records ---------------------------
+
+
+def test_entities_are_records_and_views_count_only_those_asked_for(
+    two_patients: tuple[Index, list[Path]],
+) -> None:
+    index, _ = two_patients
+    entities = index.entities(Level.STUDY, {})
+    assert sorted(e.patient.patient_id for e in entities) == ["A", "B"]
+    assert all(e.series is None and e.instance is None for e in entities)
+    (chosen,) = [e for e in entities if e.patient.patient_id == "A"]
+    assert index.views([chosen]) == index.candidates(Level.STUDY, {Level.PATIENT: ["A"]})
+
+
+def test_views_leave_out_entities_gone_meanwhile(two_patients: tuple[Index, list[Path]]) -> None:
+    index, files = two_patients
+    entities = index.entities(Level.SERIES, {Level.PATIENT: ["B"]})
+    index.remove_path(str(files[3]))  # patient B's only file
+    assert index.views(entities) == []
+
+
+def test_a_sop_instance_uid_is_looked_up_and_checked_against_its_parents(
+    two_patients: tuple[Index, list[Path]],
+) -> None:
+    index, _ = two_patients
+    uid = synthetic_uid("sop", "A", 3)
+    (found,) = index.entities(Level.IMAGE, {Level.IMAGE: [uid, uid, "9.9"]})
+    assert found.instance is not None and found.instance.sop_instance_uid == uid
+    assert found.series is not None and found.series.series_uid == synthetic_uid("A", 2)
+    assert index.entities(Level.IMAGE, {Level.PATIENT: ["B"], Level.IMAGE: [uid]}) == []
+
+
+def test_a_study_stays_with_the_patient_it_was_first_filed_under(
+    write: Callable[..., Path],
+) -> None:
+    study = synthetic_uid("S", "st")
+    first = write("a.dcm", patient_id="A", study_uid=study, n=1)
+    other = write("b.dcm", patient_id="B", study_uid=study, n=2)  # disagrees on the patient
+    index = Index()
+    index.add_many([parsed(first), parsed(other)])
+    assert (index.counts().patients, index.counts().instances) == (1, 2)
+    (patient,) = index.candidates(Level.PATIENT, {})
+    assert isinstance(patient, PatientView)
+    assert (patient.patient.patient_id, patient.patient_instances) == ("A", 2)
+    (view,) = index.candidates(Level.STUDY, {})
+    assert isinstance(view, StudyView) and view.study.patient_id == "A"
+    index.remove_path(str(first))
+    index.remove_path(str(other))
+    assert index.counts() == Counts(0, 0, 0, 0, 0)
+
+
+def test_instances_share_their_folder_and_keep_their_path(write: Callable[..., Path]) -> None:
+    one, two = write("f/one.dcm", n=1), write("f/two.dcm", n=2)
+    index = Index()
+    index.add_many([parsed(one), parsed(two)])
+    first, second = index.instance_at(str(one)), index.instance_at(str(two))
+    assert first is not None and second is not None
+    assert first.folder is second.folder  # one copy of the folder's path, however many files
+    assert (first.path, second.path) == (str(one), str(two))
+    assert first.get("SOPInstanceUID") is first.sop_instance_uid  # the UID is held once
+    assert index.instance_at(str(one) + "x") is None

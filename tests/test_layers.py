@@ -27,8 +27,10 @@ ALLOWED = {
     "retrieve": LEAVES | {"index", "scan", "query"},
     "storage": LEAVES | {"index", "scan", "config"},
     "watch": LEAVES | {"index", "scan", "config"},
-    "handlers": LEAVES | {"config", "index", "scan", "query", "retrieve", "storage", "worklist"},
-    "server": LEAVES | {"config", "handlers", "index", "scan", "watch", "storage"},
+    "security": {"config"},
+    "handlers": LEAVES
+    | {"config", "index", "scan", "query", "retrieve", "storage", "worklist", "security"},
+    "server": LEAVES | {"config", "handlers", "index", "scan", "watch", "storage", "security"},
     "inventory": LEAVES | {"scan"},
     "worklist": LEAVES | {"matching", "scan"},
     "cli": {"config", "server", "inventory"},

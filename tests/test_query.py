@@ -294,3 +294,36 @@ def test_names_match_across_character_sets(
     (answer,) = find(charset_index, query, "FSQR", HeaderCache())
     assert str(answer.PatientName) == expected
     assert answer.SpecificCharacterSet == "ISO_IR 192"
+
+
+# -- at scale: keys matched on records first, counts only for what matches -------------------
+
+
+def test_only_matching_studies_are_counted(index: Index, monkeypatch: pytest.MonkeyPatch) -> None:
+    counted: list[str] = []
+    count_study = Index._study_view
+
+    def spy(self: Index, node: Any) -> Any:
+        counted.append(node.record.study_uid)
+        return count_study(self, node)
+
+    monkeypatch.setattr(Index, "_study_view", spy)
+    answers = run(
+        index,
+        QueryRetrieveLevel="STUDY",
+        PatientName="DOE^J*",
+        StudyInstanceUID="",
+        NumberOfStudyRelatedInstances="",
+    )
+    assert 0 < len(answers) < 7
+    assert sorted(counted) == sorted(a.StudyInstanceUID for a in answers)
+
+
+def test_a_computed_key_still_matches(index: Index) -> None:
+    every = run(index, QueryRetrieveLevel="STUDY", StudyInstanceUID="", ModalitiesInStudy="")
+    with_mr = run(index, QueryRetrieveLevel="STUDY", StudyInstanceUID="", ModalitiesInStudy="MR")
+    assert 0 < len(with_mr) < len(every)
+    assert all("MR" in a.ModalitiesInStudy for a in with_mr)
+    assert {a.StudyInstanceUID for a in with_mr} == {
+        a.StudyInstanceUID for a in every if "MR" in a.ModalitiesInStudy
+    }
