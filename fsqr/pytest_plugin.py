@@ -33,15 +33,12 @@ def fsqr_server_factory() -> Iterator[ServerFactory]:
     """Start fsqr servers over folders; each is stopped when the test ends."""
     # Imported here, not at the top: pytest loads this plugin in every run of every project
     # that has fsqr installed, and most of those runs never start a server.
-    from fsqr.config import config_from_mapping  # noqa: PLC0415
     from fsqr.server import Server  # noqa: PLC0415
 
     running: list[Server] = []
 
     def start(root: Path | str, **settings: Any) -> Server:
-        defaults: dict[str, Any] = {"host": "127.0.0.1", "port": 0}
-        config = config_from_mapping({**defaults, **settings, "root": str(root)})
-        server = Server(config).start()
+        server = Server(root=str(root), **settings).start()
         running.append(server)
         return server
 

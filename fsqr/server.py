@@ -22,7 +22,7 @@ from typing import Any
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from fsqr.config import Config
+from fsqr.config import Config, config_from_mapping, with_overrides
 from fsqr.handlers import Handlers
 from fsqr.index import Index
 from fsqr.keys import FIND_MODELS, GET_MODELS, MODALITY_WORKLIST_FIND, MOVE_MODELS
@@ -37,9 +37,26 @@ Progress = Callable[[int, int], None]
 
 
 class Server:
-    """A running fsqr: the index of one folder served on one port."""
+    """A running fsqr: the index of one folder served on one port.
 
-    def __init__(self, config: Config, *, progress: Progress | None = None) -> None:
+    Give it a `Config`, or settings by keyword, which are the keys of `fsqr.yaml`; embedded, it
+    listens on 127.0.0.1 and a free port unless told otherwise:
+
+        with Server(root="data", ae_table={"ME": {"host": "127.0.0.1", "port": 11113}}) as pacs:
+            print(pacs.host, pacs.port, pacs.ae_title, pacs.index.counts())
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        progress: Progress | None = None,
+        **settings: Any,
+    ) -> None:
+        if config is None:
+            config = config_from_mapping({"host": "127.0.0.1", "port": 0, **settings})
+        elif settings:
+            config = with_overrides(config, **settings)
         self.config = config
         self.index = Index()
         self.skipped: list[Skipped] = []

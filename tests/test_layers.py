@@ -34,7 +34,7 @@ ALLOWED = {
     "inventory": LEAVES | {"scan"},
     "worklist": LEAVES | {"matching", "scan"},
     "cli": {"config", "server", "inventory"},
-    "pytest_plugin": {"config", "server"},
+    "pytest_plugin": {"server"},
     "conformance": {"status", "config", "keys", "matching", "server"},
     "__main__": {"cli"},
     "__init__": {"server", "config"},

@@ -1,0 +1,30 @@
+"""fsqr embedded in another program: `from fsqr import Server`."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from fsqr import Server
+from fsqr.synthetic import write_sample_data
+
+
+def test_a_context_manager_on_a_free_local_port(tmp_path: Path) -> None:
+    write_sample_data(tmp_path)
+    peers = {"ME": {"host": "127.0.0.1", "port": 11113}}
+    with Server(root=tmp_path, ae_title="EMBEDDED", ae_table=peers) as server:
+        assert (server.host, server.ae_title) == ("127.0.0.1", "EMBEDDED")
+        assert server.port > 0
+        assert server.index.counts().instances == 44
+        assert server.config.peer("ME") is not None
+        ae = AE()
+        ae.add_requested_context(Verification)
+        assoc = ae.associate(server.host, server.port, ae_title="EMBEDDED")
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+        port = server.port
+    with socket.socket() as probe:  # stopped: nothing listens there any more
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
