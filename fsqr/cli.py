@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     loudness = serve.add_mutually_exclusive_group()
     loudness.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     loudness.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON object per line, for log collectors",
+    )
     ls = commands.add_parser(
         "ls", help="show what a folder holds as fsqr would serve it, and lint it"
     )
@@ -71,12 +77,29 @@ def _config(args: argparse.Namespace) -> Config:
     )
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
+class JsonLines(logging.Formatter):
+    """One JSON object per log record: time, level, logger, message (and exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _setup_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonLines()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     )
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     if level != "debug":
         # pynetdicom logs every PDU and DIMSE message at info; fsqr logs one line per operation.
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
@@ -133,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fsqr: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    _setup_logging(config.log_level)
+    _setup_logging(config.log_level, args.log_format)
     # watchdog warns, from its own thread, when a folder made by `mkdir -p` (or by a C-STORE)
     # gets its inotify watch twice: a benign race it resolves itself (fsqr/watch.py).
     warnings.filterwarnings("ignore", "Callback with id", RuntimeWarning, "watchdog")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -148,3 +149,26 @@ def test_a_missing_root_exits_2(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "does not exist" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_json_logs_are_one_object_per_line(serve: type[Running]) -> None:
+    running = serve(str(SAMPLE_DATA), "--port", "0", "--host", "127.0.0.1", "--log-format", "json")
+    port = running.wait_listening()
+    assert echo(port) == 0x0000
+    assert running.stop() == 0
+    records = [json.loads(line) for line in running.lines if line.strip()]
+    assert any("listening on 127.0.0.1:" in r["message"] for r in records)
+    assert any(r["message"].startswith("C-ECHO from CLITEST") for r in records)
+    assert {"time", "level", "logger", "message"} <= set(records[0])
+
+
+def test_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fsqr", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert re.fullmatch(r"fsqr \d+\.\d+\.\d+\n", done.stdout)
