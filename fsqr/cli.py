@@ -28,6 +28,7 @@ DEFAULT_CONFIG = Path("fsqr.yaml")
 EXIT_OK = 0
 EXIT_FOUND_PROBLEMS = 1
 EXIT_USAGE = 2
+EXPLAIN_LOGGER = "fsqr.explain"  # fsqr/explain.py's logger
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on")
     serve.add_argument("--port", type=int, help="port to listen on; 0 picks a free one")
     serve.add_argument("--ae-title", help="our AE title")
+    serve.add_argument(
+        "--explain",
+        action="store_true",
+        help="narrate each DICOM network step in plain words, citing the Standard "
+        "(docs/how-a-c-move-works.md); patient names and IDs only with -v",
+    )
     loudness = serve.add_mutually_exclusive_group()
     loudness.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     loudness.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
@@ -92,7 +99,7 @@ class JsonLines(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def _setup_logging(level: str, log_format: str = "text") -> None:
+def _setup_logging(level: str, log_format: str = "text", *, explain: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonLines()
@@ -103,6 +110,10 @@ def _setup_logging(level: str, log_format: str = "text") -> None:
     if level != "debug":
         # pynetdicom logs every PDU and DIMSE message at info; fsqr logs one line per operation.
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # fsqr/explain.py narrates each DIMSE step at INFO: shown with --explain (even with -q),
+    # with patient names and IDs when -v; otherwise off, and then it costs nothing.
+    narration = logging.DEBUG if level == "debug" else logging.INFO
+    logging.getLogger(EXPLAIN_LOGGER).setLevel(narration if explain else logging.WARNING)
 
 
 def _terminal_progress(done: int, total: int) -> None:
@@ -156,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fsqr: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    _setup_logging(config.log_level, args.log_format)
+    _setup_logging(config.log_level, args.log_format, explain=args.explain)
     # watchdog warns, from its own thread, when a folder made by `mkdir -p` (or by a C-STORE)
     # gets its inotify watch twice: a benign race it resolves itself (fsqr/watch.py).
     warnings.filterwarnings("ignore", "Callback with id", RuntimeWarning, "watchdog")

@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from pynetdicom import AE, build_context, evt
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode as encode_dataset
 
-from fsqr import retrieve, security, status
+from fsqr import explain, retrieve, security, status
 from fsqr.config import Config, Operation, Peer
 from fsqr.errors import (
     DimseError,
@@ -51,6 +52,9 @@ from fsqr.worklist import Worklist, find_worklist
 log = logging.getLogger(__name__)
 
 C_CANCEL_RQ = 0x0FFF  # PS3.7 E.1: Command Field of C-CANCEL-RQ
+# The largest PDU read from a peer when `max_pdu` is smaller: an A-ASSOCIATE-RQ is not bound by
+# Maximum Length Received, and 128 presentation contexts with many transfer syntaxes stay far below.
+MAX_PDU_READ = 1 << 20
 _QR_MODELS = {**FIND_MODELS, **MOVE_MODELS, **GET_MODELS}
 
 FindResponse = tuple[int | Dataset, Dataset | None]
@@ -106,6 +110,106 @@ def _identifier(event: Any) -> Dataset:
         raise InvalidIdentifier(f"cannot decode the identifier: {exc}") from None
 
 
+# -- --explain: what pynetdicom negotiated, as the plain values explain.py narrates ---------
+
+
+def _peer_of(assoc: Any) -> str:
+    """`AE@host:port` of the other end, whichever side fsqr is on."""
+    if assoc.is_acceptor:
+        peer = assoc.requestor
+        # Before negotiation (a rejection) only the request's primitive has the calling AE title.
+        request = getattr(peer.primitive, "calling_ae_title", "")
+        title = str(peer.ae_title).strip() or str(request or "").strip()
+        return f"{title}@{peer.address}:{peer.port}"
+    peer = assoc.acceptor
+    return f"{str(peer.ae_title).strip()}@{peer.address}:{peer.port}"
+
+
+def _explained_contexts(assoc: Any) -> list[explain.Context]:
+    """Every presentation context of an association, accepted or refused, by context ID."""
+    roles = assoc.requestor.role_selection if assoc.is_acceptor else {}
+    found = []
+    for cx in [*assoc.accepted_contexts, *assoc.rejected_contexts]:
+        said = ""
+        if str(cx.abstract_syntax) in roles and cx.result == 0:
+            said = "fsqr may send C-STOREs on it" if cx.as_scu else "fsqr may not send on it"
+            said += " (SCP/SCU Role Selection, PS3.7 D.3.3.4)"
+        found.append(
+            explain.Context(
+                int(cx.context_id),
+                str(cx.abstract_syntax),
+                tuple(str(ts) for ts in cx.transfer_syntax),
+                cx.result,
+                said,
+            )
+        )
+    return sorted(found, key=lambda cx: cx.context_id)
+
+
+def explain_association(event: Any) -> None:
+    """EVT_ACCEPTED, EVT_REJECTED, EVT_RELEASED, EVT_ABORTED, narrated with --explain."""
+    if not explain.on():
+        return
+    assoc = event.assoc
+    peer, ours = _peer_of(assoc), assoc.is_requestor
+    if event.event is evt.EVT_ACCEPTED:
+        other = assoc.requestor if assoc.is_acceptor else assoc.acceptor
+        explain.association_accepted(
+            peer,
+            we_requested=ours,
+            contexts=_explained_contexts(assoc),
+            max_pdu=int(other.maximum_length or 0),
+        )
+    elif event.event is evt.EVT_REJECTED:
+        answer = assoc.acceptor.primitive
+        explain.association_rejected(
+            peer,
+            we_requested=ours,
+            result=str(getattr(answer, "result_str", "")),
+            source=str(getattr(answer, "source_str", "")),
+            reason=str(getattr(answer, "reason_str", "")),
+        )
+    elif event.event is evt.EVT_RELEASED:
+        explain.association_released(peer, we_requested=ours)
+    else:
+        explain.association_aborted(peer, we_requested=ours)
+
+
+EXPLAINED = (evt.EVT_ACCEPTED, evt.EVT_REJECTED, evt.EVT_RELEASED, evt.EVT_ABORTED)
+
+
+def _explained_keys(identifier: Dataset) -> list[explain.Key]:
+    """The identifier's attributes as explain.py shows them; nothing here is logged."""
+    keys = []
+    for element in identifier:
+        value = element.value
+        if element.VR == "SQ":
+            value = f"({len(value)} items)"
+        elif isinstance(value, MultiValue):  # as on the wire: values separated by backslashes
+            value = "\\".join(str(v) for v in value)
+        keys.append(
+            explain.Key(element.keyword or f"({element.tag})", str(element.VR), str(value or ""))
+        )
+    return keys
+
+
+def _explain_retrieve_request(event: Any, operation: str, model: str) -> None:
+    try:
+        identifier = _identifier(event)
+    except InvalidIdentifier:
+        identifier = Dataset()  # the refusal that follows says why
+    explain.retrieve_request(
+        operation,
+        caller(event.assoc),
+        model,
+        level=str(identifier.get("QueryRetrieveLevel", "") or "?"),
+        keys=_explained_keys(identifier),
+        destination=str(event.request.MoveDestination or "").strip()
+        if operation == "C-MOVE"
+        else "",
+    )
+
+
 class CancelRegistry:
     """C-CANCEL requests seen per association, by the Message ID they cancel.
 
@@ -127,6 +231,7 @@ class CancelRegistry:
             return
         message_id = int(command.MessageIDBeingRespondedTo)
         log.info("C-CANCEL from %s for message %d", caller(event.assoc), message_id)
+        explain.cancel_received(caller(event.assoc), message_id)
         with self._lock:
             seen = self._seen.setdefault(event.assoc, [])
             seen.append(message_id)
@@ -193,6 +298,7 @@ class _Responder:
         self._request = event.request
         self._context_id = int(event.context.context_id)
         self._syntax = UID(event.context.transfer_syntax)
+        self._operation = "C-MOVE" if isinstance(self._request, C_MOVE) else "C-GET"
         self.counts = retrieve.Tally(0)  # as last reported
         self._reported = -PENDING_INTERVAL  # monotonic time of the last pending response
 
@@ -218,11 +324,24 @@ class _Responder:
         association; this response makes it look at once.
         """
         self._reported = time.monotonic()
-        self._send(self._response(status.PENDING, self.counts))
+        counts = self.counts
+        explain.pending(
+            self._operation, counts.remaining, counts.completed, counts.failed, counts.warning
+        )
+        self._send(self._response(status.PENDING, counts))
 
     def final(self, outcome: retrieve.Outcome) -> None:
         """The final response; none when the SCU has gone."""
         code, tally = outcome.status, outcome.tally
+        explain.final(
+            self._operation,
+            code,
+            remaining=tally.remaining,
+            completed=tally.completed,
+            failed=tally.failed,
+            warning=tally.warning,
+            reason=outcome.reason,
+        )
         if code is None:
             return
         rsp = self._response(code, tally)
@@ -247,6 +366,7 @@ class _Responder:
 
     def refuse(self, code: int, comment: str) -> None:
         """A final failure before any sub-operation (A701, A801, A900, C000)."""
+        explain.refused(self._operation, code, comment)
         rsp = self._response(code, None)
         rsp.ErrorComment = comment[:64]
         self._send(rsp)
@@ -384,6 +504,15 @@ class _SubAssociation:
             build_context(c.abstract_syntax, list(c.transfer_syntaxes)) for c in batch.contexts
         ]
         connected = threading.Event()
+        explain.sub_association_opening(
+            peer.ae_title,
+            peer.host,
+            peer.port,
+            [  # PS3.8 9.3.2.2: the requestor numbers its contexts 1, 3, 5, ...
+                explain.Context(2 * i + 1, c.abstract_syntax, c.transfer_syntaxes, None)
+                for i, c in enumerate(batch.contexts)
+            ],
+        )
 
         def connect(event: Any) -> None:
             connected.set()
@@ -400,6 +529,9 @@ class _SubAssociation:
                 evt_handlers=[
                     (evt.EVT_CONN_OPEN, set_nodelay),
                     (evt.EVT_CONN_OPEN, connect),
+                    # Not EVT_ACCEPTED: it runs on the association's thread, and the narration
+                    # of the acceptance comes below, in order with the sub-operations.
+                    *((event, explain_association) for event in EXPLAINED[1:]),
                 ],
             )
         except Exception as exc:  # e.g. a host name that does not resolve
@@ -418,6 +550,7 @@ class _SubAssociation:
         sender = _StoreSender(
             assoc, timeout=config.timeouts.dimse, priority=priority, originator=originator
         )
+        explain_association(evt.Event(assoc, evt.EVT_ACCEPTED))
         log.debug(
             "C-MOVE sub-association to %s: %d contexts accepted",
             where,
@@ -480,6 +613,10 @@ class _RequestorLink:
         # Sent over only thanks to allow_get_without_role_selection: said once in the log.
         self._unannounced = {uid for uid in self._contexts if uid not in proposed_roles}
         self._caller = caller(assoc)
+        explain.get_link(
+            [uid for uid in self._contexts if uid not in self._unannounced],
+            sorted(self._unannounced),
+        )
 
     def transfer_syntaxes(self, sop_class_uid: str) -> tuple[str, ...]:
         return tuple(self._contexts.get(sop_class_uid, ()))
@@ -548,11 +685,13 @@ class Handlers:
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_CONN_OPEN, self.take_retrieve_requests),
+            (evt.EVT_CONN_OPEN, self.limit_pdu_size),
             (evt.EVT_DIMSE_RECV, self.cancels.on_dimse_recv),
             (evt.EVT_SOP_EXTENDED, self.on_sop_extended),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_FIND, self.on_find),
             (evt.EVT_C_STORE, self.on_store),
+            *((event, explain_association) for event in EXPLAINED),
         ]
 
     def on_sop_extended(self, event: Any) -> dict[str, bytes]:
@@ -567,6 +706,43 @@ class Handlers:
                 relational = info[0] == 1 and self.config.relational_queries
                 accepted[uid] = bytes([int(relational)])
         return accepted
+
+    def limit_pdu_size(self, event: Any) -> None:
+        """EVT_CONN_OPEN: end a connection whose peer announces a PDU larger than we take.
+
+        pynetdicom reads a PDU's 6-byte header, then as many bytes as its length field says (up
+        to 4 GiB) before it looks at any of them, so one peer could fill the memory. fsqr
+        announces `max_pdu` (PS3.8 D.1); a longer PDU (or, below 1 MiB, one over 1 MiB: the
+        A-ASSOCIATE-RQ is not bound by it) ends the connection as a transport failure would.
+
+        pynetdicom also reads a PDU it has begun with a blocking socket: a peer that sends part
+        of one and then nothing held its thread and connection forever, past every timeout.
+        Each read and write now gives up after `timeouts.network` without progress.
+        """
+        if not event.assoc.is_acceptor:
+            return
+        transport = event.assoc.dul.socket
+        if transport.socket is not None:
+            transport.socket.settimeout(self.config.timeouts.network)
+        if not self.config.max_pdu:
+            return
+        limit = max(self.config.max_pdu, MAX_PDU_READ)
+        read = transport.recv
+        who = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
+
+        def bounded_recv(nr_bytes: int) -> bytearray:
+            if nr_bytes > limit:
+                log.warning(
+                    "connection from %s closed: it announced a PDU of %d bytes (we take %d)",
+                    who,
+                    nr_bytes,
+                    limit,
+                )
+                raise OSError(f"PDU of {nr_bytes} bytes refused")
+            data: bytearray = read(nr_bytes)
+            return data
+
+        transport.recv = bounded_recv
 
     def on_requested(self, event: Any) -> None:
         """EVT_REQUESTED: admit the association, or send A-ASSOCIATE-RJ (PS3.8 9.3.4) and end it.
@@ -610,6 +786,7 @@ class Handlers:
         except NotAuthorized:
             return status.NOT_AUTHORIZED
         log.info("C-ECHO from %s", caller(event.assoc))
+        explain.echo(caller(event.assoc), status.SUCCESS)
         return status.SUCCESS
 
     def take_retrieve_requests(self, event: Any) -> None:
@@ -695,6 +872,7 @@ class Handlers:
         peer = self.config.peer(title)
         if peer is None:  # PS3.4 C.4.2.1.5: A801, and no association is opened
             raise MoveDestinationUnknown(f"{title!r} is not in fsqr's ae_table")
+        explain.destination(title, peer.host, peer.port)
         destination = peer
         originator = (event.assoc.requestor.ae_title.strip(), int(request.MessageID))
 
@@ -724,6 +902,8 @@ class Handlers:
         outcome_text = ""
         tally = retrieve.Tally(0)
         try:
+            if explain.on():
+                _explain_retrieve_request(event, operation, model.value)
             self._authorize(event, "move" if models is MOVE_MODELS else "get")
             open_link = self._links(event, responder)
             relational = event.assoc.acceptor.sop_class_extended.get(sop_class, b"")[:1] == b"\1"
@@ -736,6 +916,9 @@ class Handlers:
                 batches = retrieve.plan_batches(instances)
             else:
                 batches = [retrieve.Batch((), tuple(instances))] if instances else []
+            explain.plan(
+                operation, len(instances), [(len(b.contexts), len(b.instances)) for b in batches]
+            )
             outcome = retrieve.run(
                 batches,
                 open_link,
@@ -807,6 +990,9 @@ class Handlers:
             (time.perf_counter() - started) * 1000,
         )
         log.debug("C-STORE %s: %s", uid, stored.path)
+        explain.store_received(
+            who, str(event.request.AffectedSOPClassUID), str(stored.outcome), status.SUCCESS
+        )
         return status.SUCCESS
 
     def on_find(self, event: Any) -> Iterator[FindResponse]:
@@ -821,6 +1007,13 @@ class Handlers:
         relational = event.assoc.acceptor.sop_class_extended.get(sop_class, b"")[:1] == b"\1"
         query = parse_identifier(_identifier(event), FIND_MODELS[sop_class], relational=relational)
         log.debug("C-FIND keys: %s", [k.keyword or hex(k.tag) for k in query.keys])
+        if explain.on():
+            explain.find_request(
+                caller(event.assoc),
+                FIND_MODELS[sop_class].value,
+                query.level.value,
+                _explained_keys(_identifier(event)),
+            )
         return query.level.value, find(self.index, query, self.config.ae_title, self.headers)
 
     def _worklist_answers(self, event: Any) -> tuple[str, Iterator[Dataset]]:
@@ -876,6 +1069,7 @@ class Handlers:
             return
         finally:
             self.cancels.forget(event)
+            explain.find_done(caller(event.assoc), matches, outcome)
             log.info(
                 "C-FIND %s %s from %s: %d matches, %s, %.1f ms (fsqr %.1f ms)",
                 level,

@@ -2,8 +2,18 @@
 
 It owns one lock and is the only structure threads share. Writers (the start-up scan, the
 watcher, C-STORE) hold the lock briefly to add or remove records; readers (C-FIND, C-MOVE,
-C-GET) copy immutable views out under the lock and do their matching outside it. Nothing here
+C-GET) copy immutable records out under the lock and do their matching outside it. Nothing here
 reads a file or touches the network.
+
+Reading costs what is asked for, not what is indexed. A unique key is a dict lookup at every
+level (a SOP Instance UID alone included). `entities` copies out records only, one small object
+per candidate; `views` adds the computed attributes (counts, ModalitiesInStudy) for the few a
+query matched. `candidates` does both at once, for callers that want every view.
+
+Built for a million instances: what repeats is shared. A study's attributes are held once per
+study, an instance's folder path once per folder (`Instance.folder`, interned with the other
+repeated strings when a record is made), a series lists its instances by UID rather than in a
+dict of its own, and a file is found by folder and name, not through a dict of full paths.
 
 Two files may hold the same SOP Instance UID (a copy in another folder, say). Both are
 remembered; the first one indexed is served, and deleting it reveals the other. A caller that
@@ -16,7 +26,6 @@ per folder under it rather than a pass over every file.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -162,7 +171,6 @@ class Index:
             return True
 
     def _add(self, parsed: Parsed, serve: bool) -> None:
-        parsed = _compact(parsed)
         self._remove_path(parsed.instance.path)
         self._file(parsed.instance)
         uid = parsed.instance.sop_instance_uid
@@ -215,7 +223,15 @@ class Index:
         old = self._unfile(old_path)
         if old is None:
             return
-        new = _compact_instance(old, new_path)
+        new = Instance(
+            old.sop_instance_uid,
+            old.series_uid,
+            old.sop_class_uid,
+            old.transfer_syntax_uid,
+            new_path,
+            values=old.values,
+            stamp=old.stamp,
+        )
         self._file(new)
         uid = old.sop_instance_uid
         if self._served.get(uid) is old:
@@ -529,36 +545,3 @@ class Index:
 
     def _first_path(self, study: _StudyNode) -> str:
         return self._served[next(iter(study.series.values())).instances[0]].path
-
-
-def _compact(parsed: Parsed) -> Parsed:
-    return replace(parsed, instance=_compact_instance(parsed.instance))
-
-
-def _compact_instance(i: Instance, path: str | None = None) -> Instance:
-    """The same record (at `path` if given), its repeated strings shared among all instances.
-
-    Records arrive from the scan's worker processes through pickle, which shares a string only
-    within one chunk of files. Interning here makes every instance of a folder, series or SOP
-    Class point at one copy, and the SOP Instance UID is held once, not again in `values`.
-    """
-    uid = i.sop_instance_uid
-    if i.values and i.values[0] == uid:  # the UID is unique: kept once, not interned
-        values = (uid, *map(sys.intern, i.values[1:]))
-    else:
-        values = tuple(map(sys.intern, i.values))
-    if path is None:
-        folder, name = i.folder, i.name
-    else:
-        cut = path.rfind(os.sep) + 1
-        folder, name = path[:cut], path[cut:]
-    return Instance(
-        uid,
-        sys.intern(i.series_uid),
-        sys.intern(i.sop_class_uid),
-        sys.intern(i.transfer_syntax_uid),
-        stamp=i.stamp,
-        values=values,
-        folder=sys.intern(folder),
-        name=sys.intern(name),
-    )

@@ -254,15 +254,18 @@ def _narrowed(index: Index, query: Query, tests: list[_RecordTest]) -> dict[Leve
     """`query.narrowing()`, narrowed further by matching the levels above the query level.
 
     Each level above that has keys to match is matched on its own records, top first, and the
-    Unique Keys of those that match narrow every level below. Only entities that cannot match
-    are ever dropped: the query level matches every key again.
+    Unique Keys of those that match narrow every level below. A level is not matched ahead when
+    a unique key below it already names the candidates: looking those up is cheaper than
+    matching every entity of the level. Only entities that cannot match are ever dropped: the
+    query level matches every key again.
     """
-    narrowing = dict(query.narrowing())
+    given = query.narrowing()
+    narrowing = dict(given)
     for level in Level:
         if level.depth >= query.level.depth:
             break
         own = [(keyword, test) for at, keyword, test in tests if at is level]
-        if not own:
+        if not own or any(named.depth > level.depth for named in given):
             continue
         keyword = unique_key(level).keyword
         narrowing[level] = [

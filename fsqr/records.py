@@ -44,6 +44,11 @@ class Series:
         return self.values[value_position(Level.SERIES, keyword)]
 
 
+def _shared(text: str) -> str:
+    """The one interned copy of `text`, a plain str even if given a subclass (pydicom's UID)."""
+    return sys.intern(str(text))
+
+
 _SIZE_BITS = 48  # the low bits of Instance.stamp hold the size, the high ones the mtime
 _SIZE_MASK = (1 << _SIZE_BITS) - 1
 
@@ -93,22 +98,27 @@ class Instance:
     ) -> None:
         if path is not None:
             cut = path.rfind(os.sep) + 1
-            folder, name = sys.intern(path[:cut]), path[cut:]
+            folder, name = path[:cut], path[cut:]
+        sop_instance_uid = str(sop_instance_uid)  # a plain str, even from pydicom's UID
+        if values and values[0] == sop_instance_uid:
+            values = (sop_instance_uid, *values[1:])  # the UID once, not twice
+        # Interned: the instances of a folder and series share one copy of each. (Records made
+        # by the scan's worker processes keep this sharing through pickle, chunk by chunk.)
+        series_uid, folder, name = _shared(series_uid), _shared(folder), _shared(name)
+        sop_class_uid, transfer_syntax_uid = _shared(sop_class_uid), _shared(transfer_syntax_uid)
         if size is not None or mtime_ns is not None:
             size = stamp & _SIZE_MASK if size is None else min(size, _SIZE_MASK)
             mtime_ns = stamp >> _SIZE_BITS if mtime_ns is None else mtime_ns
             stamp = (mtime_ns << _SIZE_BITS) | size
-        for field, value in (
-            ("sop_instance_uid", sop_instance_uid),
-            ("series_uid", series_uid),
-            ("sop_class_uid", sop_class_uid),
-            ("transfer_syntax_uid", transfer_syntax_uid),
-            ("folder", folder),
-            ("name", name),
-            ("stamp", stamp),
-            ("values", values),
-        ):
-            object.__setattr__(self, field, value)  # frozen: the only way in
+        put = object.__setattr__  # frozen: the only way in; unrolled, as a scan makes millions
+        put(self, "sop_instance_uid", sop_instance_uid)
+        put(self, "series_uid", series_uid)
+        put(self, "sop_class_uid", sop_class_uid)
+        put(self, "transfer_syntax_uid", transfer_syntax_uid)
+        put(self, "folder", folder)
+        put(self, "name", name)
+        put(self, "stamp", stamp)
+        put(self, "values", values)
 
     @property
     def path(self) -> str:

@@ -61,7 +61,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from fsqr import status
+from fsqr import explain, status
 from fsqr.errors import TooManyMatches
 from fsqr.index import Index
 from fsqr.records import Instance, Parsed
@@ -664,6 +664,14 @@ def run(
                     if given_up or link is None:
                         failures.add(instance, given_up)
                         tally.count(instance.sop_instance_uid, Category.FAILED)
+                        _explain(
+                            tally,
+                            instance,
+                            outgoing=None,
+                            code=None,
+                            result=Category.FAILED,
+                            reason=given_up,
+                        )
                         continue
                     stored = _send(instance, link, index, failures, tally)
                     if stored is not None and not stored.usable:
@@ -691,12 +699,21 @@ def _send(
     if not accepted:
         failures.add(instance, link.why_not(instance.sop_class_uid))
         tally.count(uid, Category.FAILED)
+        _explain(
+            tally,
+            instance,
+            outgoing=None,
+            code=None,
+            result=Category.FAILED,
+            reason=link.why_not(instance.sop_class_uid),
+        )
         return None
     try:
         outgoing = prepare(instance, accepted, index)
     except NotSendable as exc:
         failures.add(instance, str(exc))
         tally.count(uid, Category.FAILED)
+        _explain(tally, instance, outgoing=None, code=None, result=Category.FAILED, reason=str(exc))
         return None
     stored = link.store(outgoing)
     result = category(stored.status)
@@ -712,4 +729,31 @@ def _send(
     else:
         tally.sent_bytes += outgoing.size
     tally.count(uid, result)
+    _explain(
+        tally, instance, outgoing=outgoing, code=stored.status, result=result, reason=stored.comment
+    )
     return stored
+
+
+def _explain(
+    tally: Tally,
+    instance: Instance,
+    *,
+    outgoing: Outgoing | None,
+    code: int | None,
+    result: Category,
+    reason: str,
+) -> None:
+    """The sub-operation just counted in `tally`, for --explain."""
+    if explain.on():
+        done = tally.completed + tally.failed + tally.warning
+        explain.sub_operation(
+            done,
+            done + tally.remaining,
+            sop_class=instance.sop_class_uid,
+            transfer_syntax=outgoing.transfer_syntax if outgoing is not None else "",
+            stored_as=instance.transfer_syntax_uid,
+            code=code,
+            category=result.value,
+            reason=reason,
+        )

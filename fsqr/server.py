@@ -101,6 +101,11 @@ class Server:
     def stop(self) -> None:
         if self._listener is not None:
             self._listener.shutdown()
+            # pynetdicom leaves open associations running, and the process alive, until each
+            # ends or its network timeout passes: end them (A-ABORT). Writes are atomic, so an
+            # aborted C-STORE leaves no partial file.
+            for assoc in self._listener.active_associations:
+                assoc.abort()
             self._listener = None
             log.info("stopped")
         self._stop_watcher()

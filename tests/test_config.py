@@ -100,6 +100,16 @@ BAD = [
     ("storage: {layout: '{SOPInstanceUID'}", "storage.layout: is not a valid template"),
     ("storage: {layout: '{SOPInstanceUID.x}'}", "storage.layout: fields must be plain DICOM"),
     ("storage: {layout: '{SOPInstanceUID!r}'}", "storage.layout: fields must be plain DICOM"),
+    ("access: {callers: some}", "access.callers: must be one of any, known; got 'some'"),
+    ("access: {allow: find}", "access.allow: must be a list of echo, find, move, get, store"),
+    ("access: {allow: [fnd]}", "access.allow: must be one of echo, find, move, get, store"),
+    ("access: {check_address: yes}", "access.check_address: must be true or false"),
+    ("ae_table: {A: {host: h, port: 1, allow: [copy]}}", "ae_table.A.allow: must be one of"),
+    ("ae_table: {A: {host: h, port: 1, tls: 1}}", "ae_table.A.tls: must be true or false"),
+    ("tls: {certificate: server.pem}", "tls: certificate and key must be given together"),
+    ("tls: {key: server.key}", "tls: certificate and key must be given together"),
+    ("tls: {ca: ''}", "tls.ca: must be the path of a file"),
+    ("max_find_responses: -1", "max_find_responses: must be an integer of 0 or more, got -1"),
     ("- port\n- 11112", "must be a mapping of keys to values"),
     ("just words", "must be a mapping of keys to values"),
     ("port: [1", ":1:9: invalid YAML"),  # file, line and column of the syntax error
@@ -301,6 +311,14 @@ def test_relative_root_is_resolved_against_the_config_folder(
     config = load_config(Path("fsqr.yaml"))  # a relative config path, too
     assert config.root == (tmp_path / expected if expected else Path("."))
     assert load_config(path) == config
+
+
+def test_tls_files_are_relative_to_the_config_folder(tmp_path: Path) -> None:
+    text = "tls: {certificate: pki/server.pem, key: /etc/fsqr/server.key}\n"
+    config = load_config(write(tmp_path, text, "conf/fsqr.yaml"))
+    assert config.tls.certificate == tmp_path / "conf" / "pki" / "server.pem"
+    assert config.tls.key == Path("/etc/fsqr/server.key")
+    assert config.tls.ca is None
 
 
 def test_absolute_root_is_kept(tmp_path: Path) -> None:

@@ -721,7 +721,9 @@ def test_random_files_are_read_fast_and_alike(
     syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     path = tmp_path / "random.dcm"
     path.write_bytes(part10(body(*parts, pixels(implicit=implicit), implicit=implicit), syntax))
-    assert agree(path) is not None
+    # The fast reader may decline a value pydicom must judge (an IS of "7e742", say); whenever
+    # it answers, it must answer as pydicom does. How often it answers is checked elsewhere.
+    agree(path)
 
 
 def test_the_vr_tables_are_pydicoms() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from fsqr.index import Counts, Index, InstanceView, PatientView, SeriesView, StudyView
 from fsqr.keys import Level
-from fsqr.records import Parsed
+from fsqr.records import Instance, Parsed
 from fsqr.scan import read_header
 from fsqr.synthetic import synthetic_uid
 
@@ -251,3 +252,13 @@ def test_instances_share_their_folder_and_keep_their_path(write: Callable[..., P
     assert (first.path, second.path) == (str(one), str(two))
     assert first.get("SOPInstanceUID") is first.sop_instance_uid  # the UID is held once
     assert index.instance_at(str(one) + "x") is None
+
+
+def test_an_instance_crosses_pickle_whole_as_the_scan_workers_send_it() -> None:
+    made = Instance(
+        "1.9", "1.8", "1.2.3", "1.2.840.10008.1.2", "/d/a.dcm", 10, 20, ("1.9", "1.2.3", "7")
+    )
+    sent = pickle.loads(pickle.dumps(made))
+    assert sent == made and sent.path == "/d/a.dcm"
+    assert (sent.size, sent.mtime_ns, sent.get("InstanceNumber")) == (10, 20, "7")
+    assert made.values[0] is made.sop_instance_uid

@@ -13,7 +13,7 @@ from pydicom.filewriter import write_dataset
 
 from fsqr.errors import InvalidIdentifier
 from fsqr.index import Index
-from fsqr.keys import Model
+from fsqr.keys import Level, Model
 from fsqr.query import find, parse_identifier
 from fsqr.records import Parsed
 from fsqr.scan import HeaderCache, read_header, walk
@@ -327,3 +327,24 @@ def test_a_computed_key_still_matches(index: Index) -> None:
     assert {a.StudyInstanceUID for a in with_mr} == {
         a.StudyInstanceUID for a in every if "MR" in a.ModalitiesInStudy
     }
+
+
+def test_a_unique_key_below_is_looked_up_rather_than_every_patient_matched(
+    index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (some,) = run(index, QueryRetrieveLevel="STUDY", PatientName="DOE^JANE", StudyInstanceUID="")
+    levels: list[Level] = []
+    entities = Index.entities
+
+    def spy(self: Index, level: Level, uids: Any) -> Any:
+        levels.append(level)
+        return entities(self, level, uids)
+
+    monkeypatch.setattr(Index, "entities", spy)
+    uid = some.StudyInstanceUID
+    (found,) = run(index, QueryRetrieveLevel="STUDY", PatientName="DOE*", StudyInstanceUID=uid)
+    assert found.StudyInstanceUID == uid
+    assert levels == [Level.STUDY]  # no pass over the patients first
+    levels.clear()
+    assert len(run(index, QueryRetrieveLevel="STUDY", PatientName="DOE*")) > 1
+    assert levels == [Level.PATIENT, Level.STUDY]  # the patients first, then their studies

@@ -1,0 +1,308 @@
+"""Load and soak benchmark (issue 6, scope 6): many concurrent associations mixing C-ECHO, C-FIND,
+C-MOVE, C-GET and C-STORE against one `fsqr serve` on loopback, for a bounded time.
+
+    python benchmarks/bench_soak.py                     # 60 s, 50 associations
+    python benchmarks/bench_soak.py --seconds 10 --clients 20
+
+Each client opens an association, sends 20 requests chosen at random, releases it and opens
+another, until the time is up. Reports requests/s, p50/p99 latency per operation, failures
+(target: zero), instances stored vs findable afterwards (target: equal), and the server's RSS at
+start and end. The server runs in its own process, as users run it. Nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_role, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from fsqr.synthetic import make_instance, synthetic_uid, write_sample_data
+
+FIND = StudyRootQueryRetrieveInformationModelFind
+MOVE = StudyRootQueryRetrieveInformationModelMove
+GET = StudyRootQueryRetrieveInformationModelGet
+OPERATIONS = ("echo", "find", "move", "get", "store")
+REQUESTS_PER_ASSOCIATION = 20
+SOAK_STUDY = synthetic_uid("soak", "study")
+SOAK_SERIES = synthetic_uid("soak", "series")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Destination:
+    """A pynetdicom Storage SCP in this process: where C-MOVE sends instances."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._lock = threading.Lock()
+        ae = AE(ae_title="SOAKDEST")
+        ae.maximum_associations = 200
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self._server = ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+        )
+        self.port = int(self._server.server_address[1])
+
+    def _on_store(self, event: Any) -> int:
+        with self._lock:
+            self.received += 1
+        return 0
+
+    def stop(self) -> None:
+        self._server.shutdown()
+
+
+class Serve:
+    """`fsqr serve` in its own process, its log in a file (a pipe would fill and stall it)."""
+
+    def __init__(self, root: Path, config: Path, log: Path) -> None:
+        self._log = log.open("w")
+        command = [sys.executable, "-m", "fsqr", "serve", str(root), "--config", str(config)]
+        self.process = subprocess.Popen(command, stderr=self._log)
+        deadline = time.monotonic() + 60
+        self.port = 0
+        while not self.port and time.monotonic() < deadline:
+            found = re.search(r"listening on [\d.]+:(\d+)", log.read_text())
+            if found:
+                self.port = int(found[1])
+            time.sleep(0.05)
+        if not self.port:
+            raise SystemExit(f"fsqr serve did not start; see {log}")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+        self._log.close()
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.latency: dict[str, list[float]] = defaultdict(list)
+        self.failures: dict[str, int] = defaultdict(int)
+        self.examples: list[str] = []
+        self.stored = 0
+
+    def record(self, operation: str, seconds: float, ok: bool, why: str = "") -> None:
+        with self.lock:
+            self.latency[operation].append(seconds)
+            if not ok:
+                self.failures[operation] += 1
+                if len(self.examples) < 5:
+                    self.examples.append(f"{operation}: {why}")
+
+
+def final_status(responses: Any) -> int:
+    answers = list(responses)
+    return int(answers[-1][0].Status) if answers and "Status" in answers[-1][0] else -1
+
+
+def client(port: int, until: float, seed: int, targets: dict[str, str], stats: Stats) -> None:
+    rng = random.Random(seed)
+    ae = AE(ae_title=f"SOAK{seed:02d}")
+    for context in (Verification, FIND, MOVE, GET):
+        ae.add_requested_context(context)
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    roles = [build_role(CTImageStorage, scu_role=True, scp_role=True)]
+    handlers = [(evt.EVT_C_STORE, lambda event: 0)]  # C-GET's sub-operations
+    serial = 0
+    while time.monotonic() < until:
+        started = time.perf_counter()
+        assoc = ae.associate(
+            "127.0.0.1", port, ae_title="FSQR", ext_neg=roles, evt_handlers=handlers
+        )
+        if not assoc.is_established:
+            stats.record("associate", time.perf_counter() - started, False, "not established")
+            continue
+        stats.record("associate", time.perf_counter() - started, True)
+        for _ in range(REQUESTS_PER_ASSOCIATION):
+            if time.monotonic() >= until or not assoc.is_established:
+                break
+            operation = rng.choice(OPERATIONS)
+            started = time.perf_counter()
+            try:
+                code = request(assoc, operation, targets, seed, serial)
+            except Exception as exc:  # a benchmark counts it and goes on
+                code = -1
+                why = f"{type(exc).__name__}: {exc}"
+            else:
+                why = f"status {code:04X}" if code >= 0 else "no response"
+            serial += operation == "store"
+            ok = code == 0
+            stats.record(operation, time.perf_counter() - started, ok, why)
+            if ok and operation == "store":
+                with stats.lock:
+                    stats.stored += 1
+        if assoc.is_established:
+            assoc.release()
+
+
+def request(assoc: Any, operation: str, targets: dict[str, str], seed: int, serial: int) -> int:
+    if operation == "echo":
+        answer = assoc.send_c_echo()
+        return int(answer.Status) if "Status" in answer else -1
+    if operation == "find":
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.PatientName = "*"
+        query.StudyInstanceUID = ""
+        query.NumberOfStudyRelatedInstances = ""
+        return final_status(assoc.send_c_find(query, FIND))
+    if operation in ("move", "get"):
+        query = Dataset()
+        query.QueryRetrieveLevel = "SERIES"
+        query.StudyInstanceUID = targets["study"]
+        query.SeriesInstanceUID = targets["series"]
+        if operation == "move":
+            return final_status(assoc.send_c_move(query, "SOAKDEST", MOVE))
+        return final_status(assoc.send_c_get(query, GET))
+    ds = make_instance(
+        patient_id="SOAK",
+        patient_name="SOAK^TEST",
+        study_uid=SOAK_STUDY,
+        series_uid=SOAK_SERIES,
+        sop_uid=synthetic_uid("soak", seed, serial),
+        instance_number=serial + 1,
+    )
+    answer = assoc.send_c_store(ds)
+    return int(answer.Status) if "Status" in answer else -1
+
+
+def smallest_series(port: int) -> dict[str, str]:
+    """The series with the fewest instances: what C-MOVE and C-GET fetch."""
+    ae = AE(ae_title="SOAKSETUP")
+    ae.add_requested_context(FIND)
+    assoc = ae.associate("127.0.0.1", port, ae_title="FSQR")
+    studies = Dataset()
+    studies.QueryRetrieveLevel = "STUDY"
+    studies.StudyInstanceUID = ""
+    answers = []
+    for study in [a for _, a in assoc.send_c_find(studies, FIND) if a is not None]:
+        query = Dataset()
+        query.QueryRetrieveLevel = "SERIES"
+        query.StudyInstanceUID = study.StudyInstanceUID
+        query.SeriesInstanceUID = ""
+        query.NumberOfSeriesRelatedInstances = ""
+        query.Modality = "CT"  # the storage SOP Class the clients take for C-GET
+        answers += [a for _, a in assoc.send_c_find(query, FIND) if a is not None]
+    assoc.release()
+    best = min(answers, key=lambda a: int(a.NumberOfSeriesRelatedInstances))
+    return {
+        "study": str(best.StudyInstanceUID),
+        "series": str(best.SeriesInstanceUID),
+        "instances": str(best.NumberOfSeriesRelatedInstances),
+    }
+
+
+def findable(port: int) -> int:
+    ae = AE(ae_title="SOAKCHECK")
+    ae.add_requested_context(FIND)
+    assoc = ae.associate("127.0.0.1", port, ae_title="FSQR")
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID = SOAK_STUDY
+    query.SeriesInstanceUID = SOAK_SERIES
+    query.SOPInstanceUID = ""
+    answers = [a for _, a in assoc.send_c_find(query, FIND) if a is not None]
+    assoc.release()
+    return len(answers)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--keep-log", type=Path, help="copy the server's log here at the end")
+    args = parser.parse_args(argv)
+    destination = Destination()
+    with tempfile.TemporaryDirectory(prefix="fsqr-soak-") as folder:
+        root = Path(folder) / "root"
+        write_sample_data(root)
+        config = Path(folder) / "fsqr.yaml"
+        config.write_text(
+            "host: 127.0.0.1\nport: 0\nwatch: native\n"
+            f"max_associations: {args.clients + 10}\n"
+            f"ae_table: {{SOAKDEST: {{host: 127.0.0.1, port: {destination.port}}}}}\n",
+            encoding="utf-8",
+        )
+        server = Serve(root, config, Path(folder) / "fsqr.log")
+        try:
+            rss_start = rss_kib(server.process.pid)
+            targets = smallest_series(server.port)
+            stats = Stats()
+            until = time.monotonic() + args.seconds
+            started = time.perf_counter()
+            threads = [
+                threading.Thread(target=client, args=(server.port, until, n, targets, stats))
+                for n in range(args.clients)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            elapsed = time.perf_counter() - started
+            rss_end = rss_kib(server.process.pid)
+            found = findable(server.port)
+        finally:
+            server.stop()
+            destination.stop()
+            if args.keep_log:
+                args.keep_log.write_text((Path(folder) / "fsqr.log").read_text())
+    requests = sum(len(v) for k, v in stats.latency.items() if k != "associate")
+    failures = sum(stats.failures.values())
+    print(
+        f"{args.clients} clients for {elapsed:.1f} s; C-MOVE/C-GET fetch a series of "
+        f"{targets['instances']} instances"
+    )
+    print(f"  requests            {requests:8d}   {requests / elapsed:8.1f} /s")
+    print(f"  failures            {failures:8d}   (target 0)")
+    for operation in ("associate", *OPERATIONS):
+        times = stats.latency.get(operation, [])
+        if times:
+            print(
+                f"  {operation:<9} n={len(times):6d}  p50 {statistics.median(times) * 1000:7.1f} ms"
+                f"  p99 {percentile(times, 0.99) * 1000:7.1f} ms"
+                f"  failed {stats.failures.get(operation, 0)}"
+            )
+    for example in stats.examples:
+        print(f"  e.g. {example}")
+    print(f"  stored {stats.stored}, findable afterwards {found}   (target: equal)")
+    print(f"  moved to the destination: {destination.received} instances")
+    print(f"  server RSS {rss_start / 1024:.1f} MiB at start, {rss_end / 1024:.1f} MiB at end")
+    return 0 if failures == 0 and found == stats.stored else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
