@@ -86,7 +86,10 @@ def test_values_that_differ_get_names_that_differ() -> None:
 def test_a_layout_path_stays_inside_the_root(values: dict[str, str]) -> None:
     path = relative_path(DEFAULT_LAYOUT, values)
     assert len(path.parts) == len(PurePosixPath(DEFAULT_LAYOUT).parts)
-    assert all(is_one_plain_name(part) for part in path.parts[1:])
+    *folders, file_name = path.parts[1:]
+    assert all(is_one_plain_name(part) for part in folders)
+    assert file_name.endswith(".dcm")  # the layout's own suffix comes on top of the name
+    assert is_one_plain_name(file_name.removesuffix(".dcm"))
     root = "/srv/root"
     assert os.path.normpath(os.path.join(root, path)).startswith(root + "/")
 
