@@ -19,11 +19,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import re
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common import fsqr_serve, median_seconds, nodelay
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
@@ -48,15 +44,6 @@ from fsqr.scan import HeaderCache, scan_files, walk
 from fsqr.synthetic import tree_split, write_tree
 
 FIND = StudyRootQueryRetrieveInformationModelFind
-
-
-def median_seconds(action: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def make_tree(root: Path, instances: int) -> list[str]:
@@ -96,41 +83,6 @@ def bench_scan(paths: list[str], repeats: int) -> None:
     print(f"  ratio                              {baseline / ours:9.2f}x   (target >= 1.8x)")
 
 
-class ServeProcess:
-    """`fsqr serve` in its own process, as users run it: the client does not share its GIL."""
-
-    def __init__(self, root: Path) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fsqr",
-                "serve",
-                str(root),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-            ],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stderr is not None
-        self.port = 0
-        for line in self.process.stderr:
-            found = re.search(r"listening on [\d.]+:(\d+)", line)
-            if found:
-                self.port = int(found[1])
-                break
-        assert self.port, "fsqr serve did not start"
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=30)
-        assert self.process.stderr is not None
-        self.process.stderr.close()
-
-
 def study_query(pattern: str) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
@@ -166,9 +118,6 @@ def bare_scp(answers: dict[str, list[Dataset]], ready: Any) -> None:
         for answer in answers[answer_key(event.identifier)]:
             yield 0xFF00, answer
 
-    def nodelay(event: Any) -> None:
-        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
     ae = AE(ae_title="BARE")
     ae.add_supported_context(FIND)
     ae.add_supported_context(Verification)
@@ -186,9 +135,6 @@ def bare_scp(answers: dict[str, list[Dataset]], ready: Any) -> None:
 def measure(port: int, queries: dict[str, Dataset], repeats: int) -> dict[str, float]:
     """Median seconds of a C-ECHO and of each query, on one association with a client that
     switches Nagle off (so neither server is measured waiting for the client's packets)."""
-
-    def nodelay(event: Any) -> None:
-        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     ae = AE(ae_title="BENCH")
     ae.add_requested_context(Verification)
@@ -234,13 +180,12 @@ def bench_find(root: Path, repeats: int) -> None:
     bare = multiprocessing.get_context("spawn").Process(target=bare_scp, args=(answers, theirs))
     bare.start()
     bare_port = ours.recv()
-    server = ServeProcess(root)
+    runs = repeats * 10
     try:
-        runs = repeats * 10
-        bare_times = measure(bare_port, queries, runs)
-        fsqr_times = measure(server.port, queries, runs)
+        with tempfile.TemporaryDirectory() as work, fsqr_serve(root, Path(work)) as port:
+            bare_times = measure(bare_port, queries, runs)
+            fsqr_times = measure(port, queries, runs)
     finally:
-        server.stop()
         ours.send("stop")
         bare.join(timeout=30)
     echo_bare, echo_fsqr = bare_times["C-ECHO round trip"], fsqr_times["C-ECHO round trip"]

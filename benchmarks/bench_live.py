@@ -32,10 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from common import dcmtk, free_port, fsqr_serve, nodelay, percentile, wait_for_port
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -58,64 +56,6 @@ from fsqr.synthetic import make_instance, synthetic_uid, tree_split, write_insta
 FIND = StudyRootQueryRetrieveInformationModelFind
 STUDY = synthetic_uid("bench-live", "study")
 SERIES = synthetic_uid("bench-live", "series")
-
-
-def dcmtk(tool: str) -> str:
-    """DCMTK's `tool`, not pynetdicom's Python script of the same name that may come first."""
-    for path in [shutil.which(tool), f"/usr/bin/{tool}"]:
-        if path:
-            out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
-            if "dcmtk" in (out.stdout + out.stderr).lower():
-                return path
-    raise SystemExit(f"DCMTK's {tool} is needed (Debian/Ubuntu: apt-get install dcmtk)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port}")
-
-
-def nodelay(event: Any) -> None:
-    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-@contextmanager
-def fsqr_serve(root: Path, work: Path, **settings: object) -> Iterator[int]:
-    """`fsqr serve` over `root` in its own process; yields its port. Its log goes to a file
-    (a pipe nobody reads would fill up and stall it)."""
-    config = work / "fsqr.yaml"
-    lines = [f"root: {root}", "host: 127.0.0.1", "port: 0", "log_level: info"]
-    lines += [f"{key}: {value}" for key, value in settings.items()]
-    config.write_text("\n".join(lines) + "\n")
-    log = work / "fsqr.log"
-    with open(log, "w") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fsqr", "serve", "--config", str(config)], stderr=sink
-        )
-    try:
-        port = 0
-        deadline = time.monotonic() + 60
-        while not port and time.monotonic() < deadline and process.poll() is None:
-            found = re.search(r"listening on [\d.]+:(\d+)", log.read_text())
-            port = int(found[1]) if found else 0
-            time.sleep(0.02)
-        if not port:
-            raise SystemExit(f"fsqr serve did not start: {log.read_text()[-500:]}")
-        yield port
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
 
 
 def trial_instance(n: int) -> Any:
@@ -165,11 +105,6 @@ class Finder:
 
     def close(self) -> None:
         self.assoc.release()
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def report(label: str, seconds: list[float], target: str) -> None:

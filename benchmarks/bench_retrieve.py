@@ -27,21 +27,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
+from common import dcmtk, free_port, fsqr_serve, nodelay, wait_for_port
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -52,36 +47,6 @@ from fsqr.synthetic import tree_split, write_tree
 
 MOVE = StudyRootQueryRetrieveInformationModelMove
 STORESCP_TITLE = "STORESCP"
-
-
-def dcmtk(tool: str) -> str:
-    """DCMTK's `tool`, not pynetdicom's Python script of the same name that may come first."""
-    for path in [shutil.which(tool), f"/usr/bin/{tool}"]:
-        if path:
-            out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
-            if "dcmtk" in (out.stdout + out.stderr).lower():
-                return path
-    raise SystemExit(f"DCMTK's {tool} is needed (Debian/Ubuntu: apt-get install dcmtk)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port}")
-
-
-def nodelay(event: Any) -> None:
-    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 @contextmanager
@@ -101,38 +66,6 @@ def storescp() -> Iterator[int]:
     finally:
         process.terminate()
         process.wait(30)
-
-
-@contextmanager
-def fsqr_serve(root: Path, destination: int, work: Path) -> Iterator[int]:
-    """`fsqr serve` in its own process, as users run it; yields its port."""
-    config = work / "fsqr.yaml"
-    config.write_text(
-        f"root: {root}\nhost: 127.0.0.1\nport: 0\nwatch: off\n"
-        f"ae_table:\n  {STORESCP_TITLE}: {{host: 127.0.0.1, port: {destination}}}\n"
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fsqr", "serve", "--config", str(config), "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    port = 0
-    for line in process.stderr:
-        found = re.search(r"listening on [\d.]+:(\d+)", line)
-        if found:
-            port = int(found[1])
-            break
-    # Keep reading its log (one line per C-MOVE), so that a full pipe never blocks it.
-    threading.Thread(target=process.stderr.read, daemon=True).start()
-    try:
-        if not port:
-            raise SystemExit("fsqr serve did not start")
-        yield port
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
-        process.stderr.close()
 
 
 @contextmanager
@@ -298,7 +231,8 @@ def bench_size(name: str, rows: int, instances: int, repeats: int, qr: bool) -> 
                 p.read_bytes()
             label = "pynetdicom send_c_store(path) loop"
             results[label] = median_of_complete(lambda: ceiling(destination, paths), repeats, label)
-            with fsqr_serve(files, destination, work) as port:
+            peers = {STORESCP_TITLE: {"host": "127.0.0.1", "port": destination}}
+            with fsqr_serve(files, work, watch="off", ae_table=peers) as port:
                 c_moves(port, "FSQR", studies_)  # warm-up
                 results["fsqr C-MOVE"] = median(lambda: c_moves(port, "FSQR", studies_), repeats)
             if qr:

@@ -1,0 +1,97 @@
+"""What every benchmark needs: DCMTK's tools, free ports, `fsqr serve` in its own process, and
+the arithmetic of medians and percentiles. The scripts beside this file import it (they are run
+as `python benchmarks/bench_x.py`, so this folder is on the import path)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def dcmtk(tool: str) -> str:
+    """DCMTK's `tool`, not pynetdicom's Python script of the same name that may come first."""
+    for path in [shutil.which(tool), f"/usr/bin/{tool}"]:
+        if path:
+            out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
+            if "dcmtk" in (out.stdout + out.stderr).lower():
+                return path
+    raise SystemExit(f"DCMTK's {tool} is needed (Debian/Ubuntu: apt-get install dcmtk)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port}")
+
+
+def nodelay(event: Any) -> None:
+    """EVT_CONN_OPEN for a benchmark's own client: no Nagle, so neither side waits on it."""
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@contextmanager
+def fsqr_serve(root: Path, work: Path, **settings: Any) -> Iterator[int]:
+    """`fsqr serve` over `root` in its own process, as users run it; yields its port.
+
+    `settings` are keys of fsqr.yaml. Its log goes to `work/fsqr.log`: a pipe nobody reads
+    would fill up and stall it.
+    """
+    config = work / "fsqr.yaml"
+    config.write_text(
+        yaml.safe_dump({"root": str(root), "host": "127.0.0.1", "port": 0, **settings})
+    )
+    log = work / "fsqr.log"
+    with open(log, "w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fsqr", "serve", "--config", str(config)], stderr=sink
+        )
+    try:
+        port = 0
+        deadline = time.monotonic() + 120
+        while not port and time.monotonic() < deadline and process.poll() is None:
+            found = re.search(r"listening on [\d.]+:(\d+)", log.read_text())
+            port = int(found[1]) if found else 0
+            time.sleep(0.02)
+        if not port:
+            raise SystemExit(f"fsqr serve did not start: {log.read_text()[-500:]}")
+        yield port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+
+
+def median_seconds(action: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The value below which `fraction` of `values` lie (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
