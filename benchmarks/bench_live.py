@@ -43,7 +43,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from common import dcmtk, free_port, fsqr_serve, nodelay, percentile, wait_for_port
+from common import (
+    dcmtk,
+    dcmtk_env,
+    free_port,
+    fsqr_serve,
+    listening,
+    nodelay,
+    percentile,
+    qrscp_command,
+)
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -192,31 +201,17 @@ def storescu(port: int, called: str, files: Path) -> float:
 def storescp(out: Path) -> Iterator[int]:
     port = free_port()
     out.mkdir(parents=True)
-    process = subprocess.Popen(
-        [dcmtk("storescp"), "+B", "-od", str(out), str(port)],
-        env={**os.environ, "TCP_NODELAY": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port)
+    command = [dcmtk("storescp"), "+B", "-od", str(out), str(port)]
+    with listening(command, port, dcmtk_env()):
         yield port
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 @contextmanager
 def bare_pynetdicom() -> Iterator[int]:
     """This file run as a pynetdicom storage SCP that stores nothing (`--bare-scp PORT`)."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, __file__, "--bare-scp", str(port)])
-    try:
-        wait_for_port(port)
+    with listening([sys.executable, __file__, "--bare-scp", str(port)], port):
         yield port
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def run_bare_scp(port: int) -> None:
@@ -232,25 +227,8 @@ def run_bare_scp(port: int) -> None:
 @contextmanager
 def qrscp(work: Path) -> Iterator[int]:
     port = free_port()
-    config = work / "qrscp.ini"
-    config.write_text(
-        "[DEFAULT]\n    ae_title: QRSCP\n    port: 11112\n    max_pdu: 16382\n"
-        "    acse_timeout: 30\n    dimse_timeout: 30\n    network_timeout: 30\n"
-        "    bind_address:\n    instance_location: instances\n"
-        "    database_location: instances.sqlite\n    log_identifier: False\n"
-    )
-    command = [
-        sys.executable, "-m", "pynetdicom", "qrscp", "-q", "-c", str(config), "--port", str(port),
-        "--database-location", str(work / "qrscp.sqlite"),
-        "--instance-location", str(work / "qrscp-instances"),
-    ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port)
+    with listening(qrscp_command(work, port), port):
         yield port
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def throughput(work: Path, instances: int, size: int, repeats: int, with_qrscp: bool) -> None:

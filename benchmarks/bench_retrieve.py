@@ -29,14 +29,22 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from common import dcmtk, free_port, fsqr_serve, nodelay, wait_for_port
+from common import (
+    dcmtk,
+    dcmtk_env,
+    free_port,
+    fsqr_serve,
+    listening,
+    nodelay,
+    qrscp_command,
+    wait_for_port,
+)
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -53,19 +61,9 @@ STORESCP_TITLE = "STORESCP"
 def storescp() -> Iterator[int]:
     """DCMTK storescp, receiving and discarding; yields its port."""
     port = free_port()
-    env = {**os.environ, "TCP_NODELAY": "1"}
-    process = subprocess.Popen(
-        [dcmtk("storescp"), "--ignore", "-aet", STORESCP_TITLE, str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port)
+    command = [dcmtk("storescp"), "--ignore", "-aet", STORESCP_TITLE, str(port)]
+    with listening(command, port, dcmtk_env()):
         yield port
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 @contextmanager
@@ -79,19 +77,7 @@ def qrscp(files: Path, destination: int, work: Path) -> Iterator[int | None]:
         yield None
         return
     port = free_port()
-    config = work / "qrscp.ini"
-    config.write_text(
-        "[DEFAULT]\n    ae_title: QRSCP\n    port: 11112\n    max_pdu: 16382\n"
-        "    acse_timeout: 30\n    dimse_timeout: 30\n    network_timeout: 30\n"
-        "    bind_address:\n    instance_location: instances\n"
-        "    database_location: instances.sqlite\n    log_identifier: False\n"
-        f"[{STORESCP_TITLE}]\n    address: 127.0.0.1\n    port: {destination}\n"
-    )
-    command = [
-        sys.executable, "-m", "pynetdicom", "qrscp", "-q", "-c", str(config), "--port", str(port),
-        "--database-location", str(work / "qrscp.sqlite"),
-        "--instance-location", str(work / "qrscp-instances"),
-    ]  # fmt: skip
+    command = qrscp_command(work, port, {STORESCP_TITLE: destination})
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port)

@@ -4,6 +4,7 @@ as `python benchmarks/bench_x.py`, so this folder is on the import path)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -95,3 +96,43 @@ def percentile(values: list[float], fraction: float) -> float:
     """The value below which `fraction` of `values` lie (nearest rank)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+@contextmanager
+def listening(command: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[int]:
+    """Run `command`, a peer that listens on `port`, for the length of the block; yields it."""
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def dcmtk_env() -> dict[str, str]:
+    """DCMTK switches Nagle off only when asked, through its environment."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def qrscp_command(work: Path, port: int, peers: dict[str, int] | None = None) -> list[str]:
+    """pynetdicom's qrscp app on `port`, its database and files under `work`, knowing `peers`
+    (AE title -> port on 127.0.0.1) as move destinations."""
+    config = work / "qrscp.ini"
+    config.write_text(
+        "[DEFAULT]\n    ae_title: QRSCP\n    port: 11112\n    max_pdu: 16382\n"
+        "    acse_timeout: 30\n    dimse_timeout: 30\n    network_timeout: 30\n"
+        "    bind_address:\n    instance_location: instances\n"
+        "    database_location: instances.sqlite\n    log_identifier: False\n"
+        + "".join(
+            f"[{title}]\n    address: 127.0.0.1\n    port: {peer}\n"
+            for title, peer in (peers or {}).items()
+        )
+    )
+    return [
+        sys.executable, "-m", "pynetdicom", "qrscp", "-q", "-c", str(config), "--port", str(port),
+        "--database-location", str(work / "qrscp.sqlite"),
+        "--instance-location", str(work / "qrscp-instances"),
+    ]  # fmt: skip

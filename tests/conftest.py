@@ -13,6 +13,9 @@ import pytest
 from pydicom.dataset import FileDataset
 
 from fsqr.config import Config, config_from_mapping
+from fsqr.index import Index
+from fsqr.records import Parsed
+from fsqr.scan import read_header, walk
 from fsqr.server import Server
 from fsqr.synthetic import make_instance, synthetic_uid, write_instance, write_sample_data
 
@@ -55,6 +58,16 @@ def sample_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sample")
     write_sample_data(root)
     return root
+
+
+def index_of(root: Path) -> Index:
+    """The index of every file under `root`, each of which must be a servable instance."""
+    index = Index()
+    for path in walk(root):
+        result = read_header(path)
+        assert isinstance(result, Parsed), result
+        index.add(result)
+    return index
 
 
 def server_config(root: Path, **settings: Any) -> Config:

@@ -33,9 +33,9 @@ from fsqr.errors import InvalidIdentifier
 from fsqr.index import Index
 from fsqr.keys import Model
 from fsqr.query import find, parse_identifier
-from fsqr.records import Parsed
-from fsqr.scan import HeaderCache, read_header, walk
+from fsqr.scan import HeaderCache
 from fsqr.server import Server
+from tests.conftest import index_of
 
 FIND = StudyRootQueryRetrieveInformationModelFind
 
@@ -105,12 +105,7 @@ def raw_identifiers(draw: st.DrawFn) -> Dataset:
 
 @pytest.fixture(scope="module")
 def index(sample_tree: Path) -> Index:
-    index = Index()
-    for path in walk(sample_tree):
-        result = read_header(path)
-        assert isinstance(result, Parsed), result
-        index.add(result)
-    return index
+    return index_of(sample_tree)
 
 
 # pydicom warns of an unknown or undecodable character set and goes on with a default: the

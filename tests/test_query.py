@@ -15,20 +15,14 @@ from fsqr.errors import InvalidIdentifier
 from fsqr.index import Index
 from fsqr.keys import Level, Model
 from fsqr.query import find, parse_identifier
-from fsqr.records import Parsed
-from fsqr.scan import HeaderCache, read_header, walk
+from fsqr.scan import HeaderCache
 from fsqr.synthetic import write_instance
-from tests.conftest import instance
+from tests.conftest import index_of, instance
 
 
 @pytest.fixture(scope="module")
 def index(sample_tree: Path) -> Index:
-    index = Index()
-    for path in walk(sample_tree):
-        result = read_header(path)
-        assert isinstance(result, Parsed), result
-        index.add(result)
-    return index
+    return index_of(sample_tree)
 
 
 def identifier(**keys: Any) -> Dataset:
@@ -243,12 +237,7 @@ def charset_index(tmp_path_factory: pytest.TempPathFactory) -> Index:
             instance(patient_id=f"CS{n}", patient_name=name, specific_character_set=charset, n=n),
             root / f"{n}.dcm",
         )
-    index = Index()
-    for path in walk(root):
-        result = read_header(path)
-        assert isinstance(result, Parsed), result
-        index.add(result)
-    return index
+    return index_of(root)
 
 
 CHARSET_NAMES = {
