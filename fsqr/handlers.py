@@ -210,6 +210,23 @@ def _explain_retrieve_request(event: Any, operation: str, model: str) -> None:
     )
 
 
+_AHEAD = 4  # responses a C-FIND may have queued for sending before it computes the next
+
+
+def _keep_pace_with_the_network(assoc: Any) -> None:
+    """Wait until at most `_AHEAD` messages wait in pynetdicom's send queue.
+
+    pynetdicom queues each response for its DUL thread to send; a handler that runs ahead
+    would queue every answer before the first reaches the wire, and a C-CANCEL sent after
+    the SCU saw a few answers would then find nothing left to stop (and a huge result would sit
+    in memory). Keeping pace bounds both.
+    """
+    pending = assoc.dul.to_provider_queue
+    deadline = time.monotonic() + 60
+    while pending.qsize() > _AHEAD and assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.0005)
+
+
 class CancelRegistry:
     """C-CANCEL requests seen per association, by the Message ID they cancel.
 
@@ -1045,6 +1062,7 @@ class Handlers:
             level, results = answers(event)
             busy += time.perf_counter() - tick
             while True:
+                _keep_pace_with_the_network(event.assoc)
                 if self.cancels.is_cancelled(event) or event.is_cancelled:
                     outcome = "FE00 Cancel"
                     yield status.CANCEL, None

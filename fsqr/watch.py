@@ -282,10 +282,11 @@ class Watcher:
         self._released.set()
 
     def stop(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=10)
-            self._observer = None
+        # Taken in one step: the worker thread drops a dead observer by itself (_check_observer).
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=10)
         if self._alarm is not None:
             logging.getLogger("watchdog").removeHandler(self._alarm)
             self._alarm = None
