@@ -43,14 +43,9 @@ class TooManyMatches(DimseError):
     status = status.OUT_OF_RESOURCES_MATCHES
 
 
-class StoreRefused(DimseError):
-    """C-STORE refused: this server is read-only (0124, PS3.7 C.5.x Refused: Not Authorized)."""
-
-    status = status.NOT_AUTHORIZED
-
-
 class NotAuthorized(DimseError):
-    """The caller may not ask for this here: `ae_table` `allow`, `access.allow` (0124)."""
+    """Refused (0124, PS3.7 C.5): the caller may not ask for this here (`ae_table` `allow`,
+    `access.allow`), or a C-STORE reached a read-only server."""
 
     status = status.NOT_AUTHORIZED
 

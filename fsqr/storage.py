@@ -40,8 +40,8 @@ from fsqr.errors import (
     CannotUnderstand,
     DataSetMismatch,
     DuplicateInstance,
+    NotAuthorized,
     OutOfResources,
-    StoreRefused,
 )
 from fsqr.index import Index
 from fsqr.records import Instance, Parsed
@@ -229,7 +229,7 @@ class Receiver:
         """Write one received instance (`encoded`: preamble, file meta and data set as sent)
         and index it. Raises a `DimseError` saying why it was not stored."""
         if self.read_only:
-            raise StoreRefused("fsqr is read-only: C-STORE refused")
+            raise NotAuthorized("fsqr is read-only: C-STORE refused")
         header = read_received(encoded)
         # As DCMTK's storescp does: a data set that is not the instance the request names is
         # refused with A900 (PS3.4 B.2.3), rather than filed under the wrong name.

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.dataset import FileDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
 from fsqr.config import Config, config_from_mapping
 from fsqr.index import Index
@@ -58,6 +59,19 @@ def sample_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sample")
     write_sample_data(root)
     return root
+
+
+def write_dicomdir(path: Path) -> Path:
+    """A media directory (PS3.10 8.6): it names files; it is no instance to serve."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.FileSetID = "MEDIA"
+    ds.DirectoryRecordSequence = []
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def index_of(root: Path) -> Index:

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom import config as pydicom_config
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.encaps import encapsulate
 from pydicom.tag import BaseTag
 from pydicom.uid import (
@@ -30,8 +30,6 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
-    MediaStorageDirectoryStorage,
-    generate_uid,
 )
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
 
@@ -47,7 +45,7 @@ from fsqr.header import (
 from fsqr.records import Parsed, Skipped
 from fsqr.scan import read_header, read_header_with_pydicom
 from fsqr.synthetic import write_tree
-from tests.conftest import instance
+from tests.conftest import instance, write_dicomdir
 
 Answer = Parsed | Skipped | None
 
@@ -437,18 +435,6 @@ def test_a_sequence_longer_than_a_block_is_stepped_over(tmp_path: Path, implicit
 # --- Skipped files: the fast reader answers them itself, with pydicom's reasons ----------------
 
 
-def _dicomdir(path: Path) -> None:
-    """A media directory (PS3.10 8.6): it names files, it is no instance to serve."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.FileSetID = "MEDIA"
-    ds.DirectoryRecordSequence = []
-    ds.save_as(path, enforce_file_format=True)
-
-
 def _cut(keep: Callable[[int], int]) -> Callable[[Path], None]:
     def spoil(path: Path) -> None:
         save(instance(rows=16, columns=16), path)
@@ -483,7 +469,7 @@ def _without(keyword: str) -> Callable[[Path], None]:
         (_write(b""), EMPTY),
         (_write(b"hello, not DICOM"), NOT_DICOM),
         (_write(bytes(200)), NOT_DICOM),
-        (_dicomdir, DICOMDIR),
+        (write_dicomdir, DICOMDIR),
         (_cut(lambda n: n - 100), TRUNCATED),
         (_cut(lambda n: n - 1), TRUNCATED),
         (_cut_encapsulated, TRUNCATED),

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
+from pydicom.dataset import FileMetaDataset
 
 from fsqr import scan
 from fsqr.records import Parsed, Skipped
 from fsqr.scan import read_header, scan_files, walk
 from fsqr.synthetic import write_tree
+from tests.conftest import write_dicomdir
 
 
 def test_a_valid_file_is_split_into_records(write: Callable[..., Path]) -> None:
@@ -79,15 +79,7 @@ def test_a_file_without_preamble_is_read(write: Callable[..., Path]) -> None:
 
 
 def test_a_dicomdir_is_skipped(tmp_path: Path) -> None:
-    """A media directory (PS3.10 8.6) names files; it is not an instance to serve."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.FileSetID = "MEDIA"
-    ds.DirectoryRecordSequence = []
-    ds.save_as(tmp_path / "DICOMDIR", enforce_file_format=True)
+    write_dicomdir(tmp_path / "DICOMDIR")
     result = read_header(str(tmp_path / "DICOMDIR"))
     assert isinstance(result, Skipped)
     assert "DICOMDIR" in result.reason
