@@ -28,11 +28,11 @@ from typing import Any, cast
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
-from pynetdicom import AE, build_context, evt
+from pynetdicom import build_context, evt
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode as encode_dataset
 
-from fsqr import explain, retrieve, security, status
+from fsqr import explain, reactor, retrieve, security, status
 from fsqr.config import Config, Operation, Peer
 from fsqr.errors import (
     DimseError,
@@ -100,6 +100,12 @@ def set_nodelay(event: Any) -> None:
 
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         transport.recv = recv_and_ack
+
+
+def serve_without_polling(event: Any) -> None:
+    """EVT_CONN_OPEN: an accepted association waits for work instead of polling for it."""
+    if event.assoc.is_acceptor:
+        reactor.serve_without_polling(event.assoc)
 
 
 def _identifier(event: Any) -> Dataset:
@@ -284,20 +290,14 @@ class CancelRegistry:
 # response itself over the DIMSE provider. These pynetdicom internals are used, here only:
 # Association._serve_request (where requests are dispatched, replaced per association),
 # Association._is_paused and ._reactor_checkpoint (how pynetdicom's own send_* methods keep the
-# reactor thread off the DIMSE queue), C_STORE._dataset_path (what send_c_store sets to stream a
-# data set from a file), and DULServiceProvider._run_loop_delay (see SENDING_LOOP_DELAY).
-# tests/test_interop_retrieve.py fails if a pynetdicom release changes any of them.
+# reactor thread off the DIMSE queue), and C_STORE._dataset_path (what send_c_store sets to
+# stream a data set from a file). tests/test_interop_retrieve.py fails if a pynetdicom release
+# changes any of them. (reactor.py lists the internals its loops use.)
 
 
 # PS3.4 C.4.2.3.1: pending responses are optional progress reports. Each costs about as much as a
 # small instance's C-STORE, so while instances go faster than this, one goes out per interval.
 PENDING_INTERVAL = 0.1  # seconds
-
-# pynetdicom's DUL thread sleeps 1 ms whenever it finds nothing to do, so each message may wait
-# that long to be sent and each response to be read; with one C-STORE exchange per instance,
-# those waits are most of what a small instance costs. While fsqr sends sub-operations over an
-# association, its DUL thread looks again after this long instead.
-SENDING_LOOP_DELAY = 0.0001  # seconds
 
 
 def _accepted_context(assoc: Any, context_id: int) -> Any | None:
@@ -488,11 +488,9 @@ class _SubAssociation:
             syntaxes.setdefault(str(cx.transfer_syntax[0]), int(cx.context_id))
         # The association's reactor thread also reads the DIMSE queue, and drops any response it
         # finds there (the lost responses of pynetdicom issues #435, #875). It is held at its
-        # checkpoint while fsqr sends, as send_c_store holds it for one message (and then it
-        # does not wake every millisecond to compete for the GIL); should it take a response
-        # all the same, in the moment before it stops, it hands the response back.
+        # checkpoint while fsqr sends, as send_c_store holds it for one message; should it take
+        # a response all the same, in the moment before it stops, it hands the response back.
         assoc._reactor_checkpoint.clear()
-        assoc.dul._run_loop_delay = SENDING_LOOP_DELAY  # the association ends with the move
         dispatch = assoc._serve_request
 
         def serve_request(msg: Any, context_id: int) -> None:
@@ -608,8 +606,6 @@ class _RequestorLink:
 
     def __init__(self, assoc: Any, sender: _StoreSender, *, without_roles: bool) -> None:
         self._sender = sender
-        self._loop_delay = assoc.dul._run_loop_delay  # given back in close()
-        assoc.dul._run_loop_delay = SENDING_LOOP_DELAY
         self._timeouts = 0
         self._contexts: dict[str, dict[str, int]] = {}
         self._why: dict[str, str] = {}
@@ -664,7 +660,6 @@ class _RequestorLink:
 
     def close(self) -> None:
         """Give back the requests that came during the C-GET, for the reactor to serve next."""
-        self._sender.assoc.dul._run_loop_delay = self._loop_delay
         for item in self._sender.stashed:
             self._sender.assoc.dimse.msg_queue.put(item)
         self._sender.stashed.clear()
@@ -676,7 +671,7 @@ def _sop_name(uid: str) -> str:
 
 def _requestor_ae(config: Config) -> Any:
     """The AE that opens C-MOVE sub-associations: the server's title and timeouts."""
-    ae = AE(ae_title=config.ae_title)
+    ae = reactor.WaitingAE(ae_title=config.ae_title)
     timeouts = config.timeouts
     ae.acse_timeout = timeouts.acse
     ae.dimse_timeout = timeouts.dimse
@@ -701,6 +696,7 @@ class Handlers:
         return [
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_CONN_OPEN, serve_without_polling),
             (evt.EVT_CONN_OPEN, self.take_retrieve_requests),
             (evt.EVT_CONN_OPEN, self.limit_pdu_size),
             (evt.EVT_DIMSE_RECV, self.cancels.on_dimse_recv),

@@ -885,7 +885,6 @@ def test_the_pynetdicom_internals_fsqr_relies_on_are_still_there() -> None:
     assert callable(assoc._serve_request)
     assert isinstance(assoc._reactor_checkpoint, threading.Event)
     assert isinstance(assoc._is_paused, bool)
-    assert isinstance(assoc.dul._run_loop_delay, float)
     assert hasattr(assoc.dimse, "msg_queue")
     assert isinstance(assoc.dimse.cancel_req, dict)
     assert C_STORE()._dataset_path is None

@@ -1,0 +1,240 @@
+"""Wait, don't poll: event-driven loops for the associations fsqr accepts.
+
+pynetdicom runs two loops for each association, and each sleeps 1 ms whenever it finds nothing to
+do (its own source calls this a TODO):
+  - the DUL thread (PS3.8 9.2, the Upper Layer state machine) reads PDUs from the socket and
+    sends the PDUs that others queue for it;
+  - the association thread takes each complete DIMSE message the DUL has decoded and dispatches
+    it to a handler, and notices A-RELEASE, A-ABORT and the network timeout.
+So a request waits up to 1 ms to be read and 1 ms more to be dispatched, and every response of a
+C-FIND waits up to 1 ms to be sent: a 25-answer C-FIND spent most of its time asleep.
+
+`serve_without_polling` gives one association, before its threads start, loops that block until
+there is work: the DUL thread in `select()` on its socket and on a wake-up socket, the association
+thread on an Event. handlers.py calls it for every association fsqr accepts (EVT_CONN_OPEN comes
+before they start), and `WaitingAE` for every one it requests (C-MOVE sub-associations).
+Every queue the two loops read from wakes its reader when something is put on it. Each wait
+still ends after `IDLE_CHECK` seconds, so a timer (ARTIM, the network timeout) or a flag that
+nothing signals is seen as pynetdicom would see it, only a little later.
+
+The loops do what pynetdicom's `DULServiceProvider.run_reactor` and
+`Association._run_reactor` do, step for step, with the sleeps replaced by waits. They use these
+pynetdicom internals, here only: DULServiceProvider's queues, `_process_recv_primitive`,
+`_is_transport_event`, `_idle_timer`, `artim_timer`, `_kill_thread`, `state_machine` and `socket`;
+Association's `_run_reactor`, `_serve_request`, `_kill`, `_is_paused`, `_reactor_checkpoint`,
+`_dul_ready` and `dimse.msg_queue`; AE's `_create_socket`. tests/test_reactor.py fails if a
+release changes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import select
+import socket
+import threading
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.pdu import A_ABORT_RQ
+
+log = logging.getLogger(__name__)
+
+# Longest wait before a loop looks again at what nothing signals: timers and kill flags.
+IDLE_CHECK = 0.05  # seconds
+
+
+class _WakeUp:
+    """A socket pair: `wake()` makes the read end readable, so `select()` returns at once."""
+
+    def __init__(self) -> None:
+        self._read, self._write = socket.socketpair()
+        self._read.setblocking(False)
+        self._write.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._read.fileno()
+
+    def wake(self) -> None:
+        # A full buffer already means "wake up"; a closed pair means nobody waits any more.
+        with contextlib.suppress(OSError):
+            self._write.send(b"\0")
+
+    def drain(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._read.recv(4096):
+                pass
+
+    def close(self) -> None:
+        self._read.close()
+        self._write.close()
+
+
+class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
+    """A queue that calls `wake()` after each put: its reader waits instead of polling."""
+
+    def __init__(self, wake: Any) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
+
+
+class WaitingAE(AE):
+    """An AE whose requested associations wait rather than poll.
+
+    pynetdicom's `AE.associate()` starts the DUL thread itself, and no event comes before it
+    does; `_create_socket` is the last step before, and it is handed the association.
+    """
+
+    def _create_socket(self, assoc: Any, address: Any, tls_args: Any) -> Any:
+        serve_without_polling(assoc)
+        return super()._create_socket(assoc, address, tls_args)
+
+
+def serve_without_polling(assoc: Any) -> None:
+    """Give an association, before its threads start, loops that wait rather than poll."""
+    dul = assoc.dul
+    socket_or_queue = _WakeUp()  # wakes the DUL thread: data to send, or a stop
+    message_or_primitive = threading.Event()  # wakes the association thread
+    dul.to_provider_queue = _WakingQueue(socket_or_queue.wake)
+    dul.to_user_queue = _WakingQueue(message_or_primitive.set)
+    assoc.dimse.msg_queue = _WakingQueue(message_or_primitive.set)
+
+    def stop_dul() -> bool:
+        # As pynetdicom's: only an idle state machine (Sta1) may stop; then wait for the thread.
+        if dul.state_machine.current_state != "Sta1":
+            return False
+        dul._kill_thread = True
+        socket_or_queue.wake()
+        dul.join()
+        return True
+
+    def run_dul() -> None:
+        try:
+            _dul_loop(dul, socket_or_queue)
+        finally:
+            message_or_primitive.set()  # the association thread sees that the DUL has ended
+            socket_or_queue.close()
+
+    dul.stop_dul = stop_dul
+    dul.run = run_dul  # Thread.start() calls run(); the instance's wins over the class's
+    assoc._run_reactor = lambda: _association_loop(assoc, message_or_primitive)
+
+
+def _dul_loop(dul: Any, wake_up: _WakeUp) -> None:
+    """pynetdicom's DUL reactor, blocking in select() where it slept."""
+    dul._idle_timer.start()
+    while True:
+        dul.assoc._dul_ready.set()  # let the association thread go on (it waits for this)
+        if dul._kill_thread:
+            return
+        if dul.artim_timer.expired:
+            dul.event_queue.put("Evt18")  # PS3.8 9.2: ARTIM timer expired
+        try:
+            # One thing per turn, as pynetdicom does: send a queued primitive, or read a PDU.
+            if dul._process_recv_primitive():
+                pass
+            elif dul._is_transport_event():
+                dul._idle_timer.restart()
+        except Exception:
+            log.exception("association from %s: upper layer failed; aborted", _peer(dul))
+            _abort(dul)
+            return
+        try:
+            event = dul.event_queue.get(block=False)
+        except queue.Empty:
+            _wait_for_work(dul, wake_up)
+            continue
+        dul.state_machine.do_action(event)
+
+
+def _wait_for_work(dul: Any, wake_up: _WakeUp) -> None:
+    """Block until the peer sends, something is queued to send, or IDLE_CHECK has passed.
+
+    An SSL socket may hold decrypted bytes that select() cannot see, but `_is_transport_event`
+    has just found none (it asks `pending()`), so select() on the raw socket misses nothing.
+    """
+    timeout = max(0.0, min(IDLE_CHECK, dul.artim_timer.remaining))
+    waiting_on: list[Any] = [wake_up]
+    sock = getattr(dul.socket, "socket", None)
+    if sock is not None and sock.fileno() >= 0 and getattr(dul.socket, "_is_connected", False):
+        waiting_on.append(sock)
+    with contextlib.suppress(OSError, ValueError):  # closed under us: the next turn reads Evt17
+        select.select(waiting_on, [], [], timeout)
+    wake_up.drain()
+
+
+def _abort(dul: Any) -> None:
+    """As pynetdicom does when its DUL loop fails: A-ABORT the peer and end both threads."""
+    abort = A_ABORT_RQ()
+    abort.source = 0x02  # PS3.8 9.3.8: the service provider
+    abort.reason_diagnostic = 0x00  # reason not specified
+    with contextlib.suppress(Exception):
+        dul.socket.send(abort.encode())
+    dul.assoc.is_aborted = True
+    dul.assoc.is_established = False
+    dul.assoc._kill = True
+    dul._kill_thread = True
+
+
+def _association_loop(assoc: Any, work: threading.Event) -> None:
+    """pynetdicom's acceptor reactor, waiting on `work` where it slept."""
+    assoc._is_paused = False
+    while not assoc._kill:
+        # pynetdicom's send_*() and release() clear the checkpoint to have this thread keep off
+        # the DIMSE queue while they wait for their own responses.
+        assoc._is_paused = True
+        assoc._reactor_checkpoint.wait()
+        assoc._is_paused = False
+        work.clear()  # anything put from here on wakes the wait below
+
+        context_id, msg = assoc.dimse.get_msg(block=False)
+        if msg:
+            assoc._serve_request(msg, context_id)
+            continue
+        if assoc.is_established and assoc.acse.is_release_requested():
+            _released(assoc)
+            return
+        if assoc.acse.is_aborted():
+            _aborted(assoc)
+            return
+        if not assoc.dul.is_alive():
+            assoc.kill()
+            return
+        if assoc.dul.idle_timer_expired():
+            log.warning("association from %s: network timeout reached", _peer(assoc.dul))
+            if assoc.network_timeout_response == "A-RELEASE":
+                assoc._is_paused = True  # release() waits for this loop to be paused
+                assoc.release()
+            else:
+                assoc.abort()
+            assoc.kill()
+            return
+        work.wait(IDLE_CHECK)
+
+
+def _released(assoc: Any) -> None:
+    """The peer asked to release (PS3.8 7.2): answer A-RELEASE-RP and end, as pynetdicom does."""
+    assoc.acse.send_release(is_response=True)
+    assoc.is_released = True
+    assoc.is_established = False
+    evt.trigger(assoc, evt.EVT_RELEASED, {})
+    assoc.kill()
+
+
+def _aborted(assoc: Any) -> None:
+    """The peer or the provider aborted (PS3.8 7.3, 7.4): end, as pynetdicom does."""
+    assoc.dul.receive_pdu(wait=False)  # lets EVT_ACSE_RECV fire for the A-ABORT
+    assoc.is_aborted = True
+    assoc.is_established = False
+    evt.trigger(assoc, evt.EVT_ABORTED, {})
+    assoc.kill()
+
+
+def _peer(dul: Any) -> str:
+    requestor = dul.assoc.requestor
+    return f"{requestor.address}:{requestor.port}"

@@ -1,0 +1,116 @@
+"""The association loops of reactor.py: fsqr's threads wait for work instead of polling for it,
+with DCMTK's tools as the peers so that every pynetdicom thread in this process is fsqr's."""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+
+from fsqr.server import Server
+from fsqr.synthetic import write_sample_data
+from tests import test_interop_retrieve
+from tests.test_interop_retrieve import received_files, run_dcmtk
+
+storescp = test_interop_retrieve.storescp  # the fixture, shared
+
+POLLING_MODULES = {"pynetdicom.dul", "pynetdicom.association"}
+
+
+@pytest.fixture
+def polls() -> Iterator[list[tuple[str, float]]]:
+    """Every short sleep (1 ms or less: pynetdicom's polling) taken in pynetdicom's association
+    and DUL modules while the test runs, as (module, seconds)."""
+    taken: list[tuple[str, float]] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        module = sys._getframe(1).f_globals.get("__name__", "")
+        if module in POLLING_MODULES and seconds <= 0.001:
+            taken.append((module, seconds))
+        real_sleep(seconds)
+
+    time.sleep = sleep
+    try:
+        yield taken
+    finally:
+        time.sleep = real_sleep
+
+
+@pytest.mark.dcmtk
+def test_queries_and_a_move_are_served_without_polling(
+    tmp_path: Path,
+    start_server: Callable[..., Server],
+    storescp: Callable[..., tuple[int, Path]],
+    polls: list[tuple[str, float]],
+) -> None:
+    """C-ECHO, C-FIND and a C-MOVE (whose sub-association fsqr requests) take no polling sleep
+    in pynetdicom's loops; pynetdicom alone takes one per idle turn of each loop."""
+    write_sample_data(tmp_path / "data")
+    port, folder = storescp()
+    server = start_server(
+        tmp_path / "data", ae_table={"STORESCP": {"host": "127.0.0.1", "port": port}}
+    )
+    assert run_dcmtk("echoscu", "-aec", "FSQR", "127.0.0.1", str(server.port)).returncode == 0
+    found = run_dcmtk(
+        "findscu", "-S", "-aec", "FSQR", "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=*",
+        "-k", "StudyInstanceUID", "127.0.0.1", str(server.port),
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    assert found.stderr.count("Find Response:") >= 5  # one pending response per study, and more
+    moved = run_dcmtk(
+        "movescu", "-P", "-aec", "FSQR", "-aem", "STORESCP", "-k", "QueryRetrieveLevel=PATIENT",
+        "-k", "PatientID=FSQR0001", "127.0.0.1", str(server.port),
+    )  # fmt: skip
+    assert moved.returncode == 0, moved.stderr
+    assert len(received_files(folder)) > 0
+    assert polls == []
+
+
+def test_pynetdicom_alone_polls(polls: list[tuple[str, float]]) -> None:
+    """The fixture above sees pynetdicom's polling: without it the test before proves nothing."""
+    ae = AE()
+    ae.add_supported_context("1.2.840.10008.1.1")
+    server = ae.start_server(("127.0.0.1", 0), block=False)
+    try:
+        client = AE()
+        client.add_requested_context("1.2.840.10008.1.1")
+        assoc = client.associate("127.0.0.1", server.server_address[1])
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+    finally:
+        server.shutdown()
+    assert {module for module, _ in polls} == POLLING_MODULES
+
+
+def test_the_pynetdicom_internals_the_loops_use_are_still_there() -> None:
+    """reactor.py's docstring lists them; a pynetdicom release that changes one fails here."""
+    assoc = Association(AE(), "requestor")
+    dul = assoc.dul
+    assert isinstance(dul, DULServiceProvider)
+    for name in ("to_provider_queue", "to_user_queue", "event_queue"):
+        assert isinstance(getattr(dul, name), queue.Queue)
+    assert isinstance(assoc.dimse.msg_queue, queue.Queue)
+    for method in ("_process_recv_primitive", "_is_transport_event", "idle_timer_expired"):
+        assert callable(getattr(dul, method))
+    assert callable(dul._idle_timer.start) and callable(dul._idle_timer.restart)
+    assert isinstance(dul.artim_timer.expired, bool)
+    assert isinstance(dul.artim_timer.remaining, float | int)
+    assert dul._kill_thread is False
+    assert dul.state_machine.current_state == "Sta1"
+    assert callable(assoc._run_reactor) and callable(assoc._serve_request)
+    assert assoc._kill is False
+    assert isinstance(assoc._is_paused, bool)
+    assert isinstance(assoc._reactor_checkpoint, threading.Event)
+    assert isinstance(assoc._dul_ready, threading.Event)
+    assert assoc.network_timeout_response in ("A-ABORT", "A-RELEASE")
+    assert callable(AE()._create_socket)
