@@ -275,6 +275,8 @@ class Peer:
     allow: tuple[Operation, ...] = field(default=OPERATIONS, metadata={_CHECK: _operations})
     # C-MOVE sub-associations to this AE use TLS (fsqr's `tls` settings)
     tls: bool = field(default=False, metadata={_CHECK: _boolean})
+    # C-MOVE to this AE sends over this many sub-associations at once
+    associations: int = field(default=1, metadata={_CHECK: _integer(1, 16)})
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -342,13 +344,16 @@ class Timeouts:
     """Seconds to wait, each more than 0.
 
     `acse`, `dimse` and `network` are pynetdicom's timeouts of those names; `connect` is its
-    `connection_timeout`.
+    `connection_timeout`; `store_response` is fsqr's own, for its C-STORE sub-operations.
     """
 
     # an association request, accept or release
     acse: float = field(default=30.0, metadata={_CHECK: _seconds})
-    # one DIMSE message, e.g. the response to a C-STORE sub-operation
+    # one DIMSE message
     dimse: float = field(default=30.0, metadata={_CHECK: _seconds})
+    # a C-STORE sub-operation's response, once its request is sent; then a C-MOVE sends that
+    # instance again over a new association
+    store_response: float = field(default=10.0, metadata={_CHECK: _seconds})
     # an association with no traffic at all for this long is closed
     network: float = field(default=60.0, metadata={_CHECK: _seconds})
     # the TCP connect that opens a C-MOVE sub-association

@@ -318,6 +318,9 @@ class _Responder:
         self._operation = "C-MOVE" if isinstance(self._request, C_MOVE) else "C-GET"
         self.counts = retrieve.Tally(0)  # as last reported
         self._reported = -PENDING_INTERVAL  # monotonic time of the last pending response
+        # Responses may be sent from several sub-association threads at once (a destination's
+        # `associations`); the fragments of two messages must not interleave (PS3.7 8.1).
+        self._sending = threading.Lock()
 
     def cancelled(self) -> bool:
         return self._cancels.is_cancelled(self._event) or bool(self._event.is_cancelled)
@@ -401,8 +404,12 @@ class _Responder:
         return rsp
 
     def _send(self, rsp: Any) -> None:
-        if not self.gone():
-            self._assoc.dimse.send_msg(rsp, self._context_id)
+        with self._sending:
+            if not self.gone():
+                self._assoc.dimse.send_msg(rsp, self._context_id)
+
+
+_SENT_YET = 0.005  # seconds between looks at whether a C-STORE request has gone out
 
 
 class _StoreSender:
@@ -414,10 +421,11 @@ class _StoreSender:
     """
 
     def __init__(
-        self, assoc: Any, *, timeout: float, priority: int, originator: tuple[str, int] | None
+        self, assoc: Any, *, config: Config, priority: int, originator: tuple[str, int] | None
     ) -> None:
         self.assoc = assoc
-        self._timeout = timeout
+        self._sending = config.timeouts.dimse  # for the request to leave: the peer must read it
+        self._timeout = config.timeouts.store_response
         self._priority = priority
         self._originator = originator  # C-MOVE: Move Originator AE Title and Message ID
         self._message_id = 0
@@ -444,11 +452,19 @@ class _StoreSender:
         return self._response_to(self._message_id)
 
     def _response_to(self, message_id: int) -> retrieve.Stored:
+        """The response to the request just queued: the `store_response` timeout starts once the
+        request's last PDU has gone to the socket, so a large instance is not timed out while it
+        is still being sent."""
         messages = self.assoc.dimse.msg_queue
-        deadline = time.monotonic() + self._timeout
+        unsent = self.assoc.dul.to_provider_queue
+        sending_until = time.monotonic() + self._sending
+        deadline = None
         self.timed_out = False
         while True:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            if deadline is None and (unsent.empty() or now >= sending_until):
+                deadline = now + self._timeout
+            left = _SENT_YET if deadline is None else deadline - now
             if left <= 0:
                 self.timed_out = True
                 return retrieve.Stored(
@@ -562,9 +578,7 @@ class _SubAssociation:
             else:
                 reason = f"no association within {timeouts.acse:g} s"
             raise retrieve.Unreachable(f"{reason} ({where})")
-        sender = _StoreSender(
-            assoc, timeout=config.timeouts.dimse, priority=priority, originator=originator
-        )
+        sender = _StoreSender(assoc, config=config, priority=priority, originator=originator)
         explain_association(evt.Event(assoc, evt.EVT_ACCEPTED))
         log.debug(
             "C-MOVE sub-association to %s: %d contexts accepted",
@@ -875,7 +889,7 @@ class Handlers:
         priority = int(request.Priority or 0)  # the sub-operations inherit it
         if isinstance(request, C_GET):
             sender = _StoreSender(
-                event.assoc, timeout=self.config.timeouts.dimse, priority=priority, originator=None
+                event.assoc, config=self.config, priority=priority, originator=None
             )
             link = _RequestorLink(
                 event.assoc, sender, without_roles=self.config.allow_get_without_role_selection
@@ -901,6 +915,13 @@ class Handlers:
             )
 
         return open_link
+
+    def _links_at_once(self, event: Any) -> int:
+        """Sub-associations a C-MOVE sends over at once: the destination's `associations`."""
+        if not isinstance(event.request, C_MOVE):
+            return 1  # C-GET sends over the requestor's own association
+        peer = self.config.peer(str(event.request.MoveDestination or ""))
+        return peer.associations if peer is not None else 1
 
     def _retrieve(self, event: Any, models: dict[str, Model]) -> None:
         """What C-MOVE and C-GET share: identifier -> instances -> sub-operations -> responses."""
@@ -938,6 +959,7 @@ class Handlers:
                 responder,
                 self.index,
                 reopen=models is MOVE_MODELS,
+                links=self._links_at_once(event),
             )
             tally = outcome.tally
             outcome_text = "no answer: the SCU went away"

@@ -39,6 +39,7 @@ import array
 import enum
 import logging
 import os
+import threading
 import warnings
 import zlib
 from collections import Counter, deque
@@ -626,6 +627,54 @@ class _Failures:
                 log.warning("%d sub-operations failed: %s", n, reason)
 
 
+class _Transfer:
+    """What the links of one retrieve share: the counts, the failures, the SCU, and why nothing
+    more can be sent. One lock guards all of it, so that several links may send at once."""
+
+    def __init__(self, tally: Tally, requestor: Requestor, index: Index) -> None:
+        self.lock = threading.Lock()
+        self.tally = tally
+        self.requestor = requestor
+        self.index = index
+        self.failures = _Failures()
+        self.given_up = ""  # set once nothing more can be sent: every instance left fails with it
+        self.ended: str | None = None  # "cancelled" or "gone": the SCU stopped the retrieve
+        self.sent_again: set[str] = set()  # instances already retried after a broken link
+
+    def next_instance(self, waiting: deque[Instance]) -> Instance | None:
+        """The next instance to send, or None when there is none or the SCU stopped it all."""
+        with self.lock:
+            if self.ended is None and self.requestor.gone():
+                self.ended = "gone"
+            elif self.ended is None and self.requestor.cancelled():
+                self.ended = "cancelled"
+            if self.ended is not None or not waiting:
+                return None
+            return waiting.popleft()
+
+    def count(
+        self,
+        instance: Instance,
+        result: Category,
+        *,
+        reason: str = "",
+        outgoing: Outgoing | None = None,
+        code: int | None = None,
+        attempted: bool = True,
+    ) -> None:
+        """Count one sub-operation, log a failure's reason, narrate it, and report progress
+        (not for those failed unattempted once all is given up: the final response follows)."""
+        with self.lock:
+            if result is Category.FAILED:
+                self.failures.add(instance, reason)
+            self.tally.count(instance.sop_instance_uid, result)
+            _explain(
+                self.tally, instance, result=result, reason=reason, outgoing=outgoing, code=code
+            )
+            if attempted:
+                self.requestor.pending(self.tally)
+
+
 def run(
     batches: Sequence[Batch],
     open_link: Callable[[Batch], Link],
@@ -633,105 +682,145 @@ def run(
     index: Index,
     *,
     reopen: bool,
+    links: int = 1,
 ) -> Outcome:
-    """Send every instance of `batches`, one association (from `open_link`) per batch.
+    """Send every instance of `batches`, over up to `links` associations at once per batch.
 
-    `reopen`: after a link breaks, open another for the rest of its batch, provided the broken
-    one delivered at least one instance (C-MOVE); otherwise, and for C-GET, whose only link is
-    the requestor's own association, the rest fail. `open_link` raises Unreachable.
+    `reopen`: after a link breaks, open another for the rest and send the instance it broke on
+    once more (C-MOVE); a peer whose links break twice in a row before delivering anything ends
+    the retrieve. Without `reopen` (C-GET, whose only link is the requestor's own association)
+    the rest fail. `open_link` raises Unreachable.
     """
     tally = Tally(remaining=sum(len(batch.instances) for batch in batches))
-    failures = _Failures()
-    given_up = ""  # set once nothing more can be sent: every instance left fails with it
+    transfer = _Transfer(tally, requestor, index)
     try:
         for batch in batches:
-            link: Link | None = None
-            answered = 0  # responses received over the current link
             waiting = deque(batch.instances)
-            try:
-                while waiting:
-                    if requestor.gone():
-                        return Outcome(None, tally)
-                    if requestor.cancelled():
-                        return Outcome(final_status(tally, cancelled=True), tally, given_up)
-                    instance = waiting.popleft()
-                    if not given_up and link is None:
-                        try:
-                            link = open_link(batch)
-                            answered = 0
-                        except Unreachable as exc:
-                            given_up = str(exc)
-                    if given_up or link is None:
-                        failures.add(instance, given_up)
-                        tally.count(instance.sop_instance_uid, Category.FAILED)
-                        _explain(
-                            tally,
-                            instance,
-                            outgoing=None,
-                            code=None,
-                            result=Category.FAILED,
-                            reason=given_up,
-                        )
-                        continue
-                    stored = _send(instance, link, index, failures, tally)
-                    if stored is not None and not stored.usable:
-                        link.close()
-                        link = None
-                        if not reopen or not answered:
-                            given_up = f"the association broke: {stored.comment}"
-                    elif stored is not None and stored.status is not None:
-                        answered += 1
-                    requestor.pending(tally)
-            finally:
-                if link is not None:
-                    link.close()
+            senders = [
+                _Sender(batch, waiting, open_link, transfer, reopen)
+                for _ in range(1, min(links, len(waiting)))
+            ]
+            for sender in senders:
+                sender.start()
+            _send_over_links(batch, waiting, open_link, transfer, reopen)
+            for sender in senders:
+                sender.join()
+                if sender.error is not None:
+                    raise sender.error
+            if transfer.ended is not None:
+                break
     finally:
-        failures.summary()
-    return Outcome(final_status(tally), tally, given_up or failures.most_common())
+        transfer.failures.summary()
+    if transfer.ended == "gone":
+        return Outcome(None, tally)
+    if transfer.ended == "cancelled":
+        return Outcome(final_status(tally, cancelled=True), tally, transfer.given_up)
+    return Outcome(final_status(tally), tally, transfer.given_up or transfer.failures.most_common())
 
 
-def _send(
-    instance: Instance, link: Link, index: Index, failures: _Failures, tally: Tally
-) -> Stored | None:
-    """One sub-operation, counted in `tally`; None when nothing was sent."""
-    uid = instance.sop_instance_uid
+class _Sender(threading.Thread):
+    """`_send_over_links` on a thread of its own; what it raises is raised again by `run`."""
+
+    def __init__(
+        self,
+        batch: Batch,
+        waiting: deque[Instance],
+        open_link: Callable[[Batch], Link],
+        transfer: _Transfer,
+        reopen: bool,
+    ) -> None:
+        super().__init__(name="fsqr-sub-operations", daemon=True)
+        self._work = (batch, waiting, open_link, transfer, reopen)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            _send_over_links(*self._work)
+        except BaseException as exc:
+            self.error = exc
+
+
+_BARREN_LINKS = 2  # links in a row that break before delivering anything: the peer is failing
+
+
+def _send_over_links(
+    batch: Batch,
+    waiting: deque[Instance],
+    open_link: Callable[[Batch], Link],
+    transfer: _Transfer,
+    reopen: bool,
+) -> None:
+    """One sender's share of a batch: the next waiting instance, over its own link, until none
+    is left; a broken link is closed and, with `reopen`, replaced."""
+    link: Link | None = None
+    delivered = 0  # responses received over the current link
+    barren = 0  # links in a row that broke before any response
+    try:
+        while (instance := transfer.next_instance(waiting)) is not None:
+            if not transfer.given_up and link is None:
+                try:
+                    link = open_link(batch)
+                    delivered = 0
+                except Unreachable as exc:
+                    transfer.given_up = transfer.given_up or str(exc)
+            if transfer.given_up or link is None:
+                transfer.count(instance, Category.FAILED, reason=transfer.given_up, attempted=False)
+                continue
+            barren_after_this = barren + (delivered == 0)
+            may_retry = (
+                reopen
+                and barren_after_this < _BARREN_LINKS
+                and instance.sop_instance_uid not in transfer.sent_again
+            )
+            stored = _send(instance, link, transfer, may_retry=may_retry)
+            if stored is None or stored.usable:
+                if stored is not None and stored.status is not None:
+                    delivered += 1
+                    barren = 0
+                continue
+            link.close()  # broken: the peer aborted, or a response did not come in time
+            link = None
+            barren = barren_after_this
+            if may_retry:
+                log.info("sending %s again, on a new association", instance.sop_instance_uid)
+                with transfer.lock:
+                    transfer.sent_again.add(instance.sop_instance_uid)
+                    waiting.appendleft(instance)
+            elif not reopen or barren >= _BARREN_LINKS:
+                transfer.given_up = transfer.given_up or f"the association broke: {stored.comment}"
+    finally:
+        if link is not None:
+            link.close()
+
+
+def _send(instance: Instance, link: Link, transfer: _Transfer, *, may_retry: bool) -> Stored | None:
+    """One sub-operation, counted; None when nothing was sent. A link that breaks with
+    `may_retry` leaves the instance uncounted: it is to be sent again."""
     accepted = link.transfer_syntaxes(instance.sop_class_uid)
     if not accepted:
-        failures.add(instance, link.why_not(instance.sop_class_uid))
-        tally.count(uid, Category.FAILED)
-        _explain(
-            tally,
-            instance,
-            outgoing=None,
-            code=None,
-            result=Category.FAILED,
-            reason=link.why_not(instance.sop_class_uid),
-        )
+        transfer.count(instance, Category.FAILED, reason=link.why_not(instance.sop_class_uid))
         return None
     try:
-        outgoing = prepare(instance, accepted, index)
+        outgoing = prepare(instance, accepted, transfer.index)
     except NotSendable as exc:
-        failures.add(instance, str(exc))
-        tally.count(uid, Category.FAILED)
-        _explain(tally, instance, outgoing=None, code=None, result=Category.FAILED, reason=str(exc))
+        transfer.count(instance, Category.FAILED, reason=str(exc))
         return None
     stored = link.store(outgoing)
+    if not stored.usable and may_retry:
+        return stored
     result = category(stored.status)
+    reason = stored.comment
     if isinstance(outgoing.payload, FromFile) and not outgoing.payload.unchanged():
         # The peer may have received part of one file and part of another.
-        failures.add(instance, "the file changed while it was being sent")
-        result = Category.FAILED
+        result, reason = Category.FAILED, "the file changed while it was being sent"
     elif result is Category.FAILED:
         reason = stored.comment or "no reason given"
         if stored.status is not None:
             reason = f"the peer answered {stored.status:04X}: {reason}"
-        failures.add(instance, reason)
     else:
-        tally.sent_bytes += outgoing.size
-    tally.count(uid, result)
-    _explain(
-        tally, instance, outgoing=outgoing, code=stored.status, result=result, reason=stored.comment
-    )
+        with transfer.lock:
+            transfer.tally.sent_bytes += outgoing.size
+    transfer.count(instance, result, reason=reason, outgoing=outgoing, code=stored.status)
     return stored
 
 
@@ -739,10 +828,10 @@ def _explain(
     tally: Tally,
     instance: Instance,
     *,
-    outgoing: Outgoing | None,
-    code: int | None,
     result: Category,
     reason: str,
+    outgoing: Outgoing | None = None,
+    code: int | None = None,
 ) -> None:
     """The sub-operation just counted in `tally`, for --explain."""
     if explain.on():

@@ -44,6 +44,7 @@ from fsqr.scan import read_header
 from fsqr.server import Server
 from fsqr.synthetic import write_sample_data, write_tree
 from tests.conftest import dcmtk
+from tests.helpers import wait_until
 
 STUDY_MOVE = StudyRootQueryRetrieveInformationModelMove
 PATIENT_MOVE = PatientRootQueryRetrieveInformationModelMove
@@ -601,23 +602,88 @@ def test_a_cancel_stops_the_transfer_within_one_instance(
     assert len(dest.received) == 1
 
 
-def test_a_lost_store_response_fails_that_instance_and_the_move_goes_on(
+def test_a_lost_store_response_costs_one_short_timeout_and_the_instance_is_sent_again(
     own_sample: Sample, start_server: Callable[..., Server], destination: Callable[..., Destination]
 ) -> None:
     study, uids = max(own_sample.studies().items(), key=lambda item: len(item[1]))
-    lost = sorted(uids)[0]
-    # The destination never answers the C-STORE of one instance (until the test ends).
-    dest = destination(gate=threading.Event(), hold=lambda uid: uid == lost)
-    server = start_server(own_sample.root, ae_table={"DEST": dest.entry()}, timeouts={"dimse": 1})
+    lost = sorted(uids)[len(uids) // 2]
+    held: set[str] = set()
+
+    def hold_once(uid: str) -> bool:  # the first C-STORE of `lost` gets no answer
+        first = uid == lost and uid not in held
+        held.add(uid)
+        return first
+
+    dest = destination(gate=threading.Event(), hold=hold_once)
+    server = start_server(
+        own_sample.root, ae_table={"DEST": dest.entry()}, timeouts={"store_response": 1}
+    )
     started = time.monotonic()
-    last, failed = final(move(server, identifier("STUDY", StudyInstanceUID=study), "DEST"))
+    last, _ = final(move(server, identifier("STUDY", StudyInstanceUID=study), "DEST"))
     assert time.monotonic() - started < 1 + 8
+    assert last.Status == status.SUCCESS
+    assert counts(last) == (None, len(uids), 0, 0)
+    assert set(dest.received) == set(uids)
+    assert dest.associations == 2  # the association that went silent was replaced
+
+
+def test_an_instance_never_answered_fails_after_one_retry_and_the_move_goes_on(
+    own_sample: Sample, start_server: Callable[..., Server], destination: Callable[..., Destination]
+) -> None:
+    study, uids = max(own_sample.studies().items(), key=lambda item: len(item[1]))
+    lost = sorted(uids)[len(uids) // 2]
+    dest = destination(gate=threading.Event(), hold=lambda uid: uid == lost)
+    server = start_server(
+        own_sample.root, ae_table={"DEST": dest.entry()}, timeouts={"store_response": 1}
+    )
+    last, failed = final(move(server, identifier("STUDY", StudyInstanceUID=study), "DEST"))
     assert last.Status == status.SUBOPS_WITH_FAILURES
     assert counts(last)[1:] == (len(uids) - 1, 1, 0)
-    assert failed is not None
     assert failed_uids(failed) == [lost]
-    assert set(dest.received) == set(uids)  # the lost one arrived; its answer did not
-    assert dest.associations == 2  # the association that went silent was replaced
+    assert set(dest.received) == set(uids)  # it arrived, twice; its answer never did
+    assert dest.associations == 3
+
+
+def test_a_destination_with_three_associations_gets_three_at_once(
+    own_sample: Sample, start_server: Callable[..., Server], destination: Callable[..., Destination]
+) -> None:
+    study, uids = max(own_sample.studies().items(), key=lambda item: len(item[1]))
+    dest = destination(gate=threading.Event())  # holds every C-STORE until the gate opens
+    server = start_server(own_sample.root, ae_table={"DEST": {**dest.entry(), "associations": 3}})
+    responses: list[list[tuple[Dataset, Dataset | None]]] = []
+    mover = threading.Thread(
+        target=lambda: responses.append(
+            move(server, identifier("STUDY", StudyInstanceUID=study), "DEST")
+        )
+    )
+    mover.start()
+    try:
+        assert wait_until(lambda: dest.associations == 3, SECONDS), dest.associations
+    finally:
+        assert dest.gate is not None
+        dest.gate.set()
+        mover.join(SECONDS)
+    last, _ = final(responses[0])
+    assert last.Status == status.SUCCESS
+    assert counts(last) == (None, len(uids), 0, 0)
+    assert set(dest.received) == set(uids)
+
+
+@pytest.mark.dcmtk
+def test_movescu_to_a_forking_storescp_over_four_associations_delivers_every_instance(
+    sample: Sample, start_server: Callable[..., Server], storescp: Callable[..., tuple[int, Path]]
+) -> None:
+    port, folder = storescp("--fork")
+    peer = {"host": "127.0.0.1", "port": port, "associations": 4}
+    server = start_server(sample.root, ae_table={"STORESCP": peer})
+    done = run_dcmtk(
+        "movescu", "-S", "-aec", "FSQR", "-aem", "STORESCP",
+        "-k", "QueryRetrieveLevel=STUDY",
+        "-k", "StudyInstanceUID=" + "\\".join(sample.studies()),
+        "127.0.0.1", str(server.port),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted(received_files(folder)) == sorted(sample.by_uid)
 
 
 def test_files_deleted_or_replaced_after_indexing_fail_the_rest_go_and_the_index_is_corrected(

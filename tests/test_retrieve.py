@@ -4,6 +4,7 @@ that go, conversions, counts and final statuses (PS3.4 C.4.2, C.4.3), with a fak
 from __future__ import annotations
 
 import os
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -595,14 +596,23 @@ def run(
     requestor: FakeRequestor | None = None,
     *,
     reopen: bool = True,
+    at_once: int = 1,
 ) -> retrieve.Outcome:
+    opening = threading.Lock()  # senders of one retrieve open their links from their own threads
+
     def open_link(batch: Batch) -> retrieve.Link:
         if isinstance(links, FakeLink):
             return links
-        return next(links)
+        with opening:
+            return next(links)
 
     return retrieve.run(
-        plan_batches(instances), open_link, requestor or FakeRequestor(), index, reopen=reopen
+        plan_batches(instances),
+        open_link,
+        requestor or FakeRequestor(),
+        index,
+        reopen=reopen,
+        links=at_once,
     )
 
 
@@ -702,9 +712,10 @@ def test_an_unreachable_destination_fails_everything_once(
     assert len(attempts) == 1
 
 
-def test_a_broken_link_is_replaced_when_it_had_delivered(
+def test_the_instance_a_link_broke_on_is_sent_again_over_a_new_one(
     series: list[Instance], indexed: Callable[..., Instance]
 ) -> None:
+    """A lost response costs one timeout and one more C-STORE, never the instance."""
     lost = series[1].sop_instance_uid
 
     def answer(outgoing: retrieve.Outgoing) -> Stored:
@@ -714,22 +725,79 @@ def test_a_broken_link_is_replaced_when_it_had_delivered(
 
     first, second = FakeLink(every_class(ELE), answer), FakeLink(every_class(ELE))
     outcome = run(series, index_of(indexed), iter([first, second]))
-    assert outcome.status == status.SUBOPS_WITH_FAILURES
-    assert outcome.tally.failed_uids == [lost]
+    assert outcome.status == status.SUCCESS
+    assert (outcome.tally.completed, outcome.tally.failed) == (4, 0)
     assert first.sent == [i.sop_instance_uid for i in series[:2]]
-    assert second.sent == [i.sop_instance_uid for i in series[2:]]
+    assert second.sent == [i.sop_instance_uid for i in series[1:]]
     assert (first.closed, second.closed) == (1, 1)
 
 
-def test_a_link_that_breaks_before_delivering_anything_ends_the_retrieve(
+def test_an_instance_is_sent_again_once_then_fails_and_the_rest_go_on(
+    series: list[Instance], indexed: Callable[..., Instance]
+) -> None:
+    lost = series[1].sop_instance_uid
+
+    def answer(outgoing: retrieve.Outgoing) -> Stored:
+        if outgoing.sop_instance_uid == lost:
+            return Stored(None, "no C-STORE response within 1 s", usable=False)
+        return Stored(0x0000)
+
+    links = [FakeLink(every_class(ELE), answer) for _ in range(3)]
+    outcome = run(series, index_of(indexed), iter(links))
+    assert outcome.status == status.SUBOPS_WITH_FAILURES
+    assert outcome.tally.failed_uids == [lost]
+    assert outcome.tally.completed == 3
+    assert [len(link.sent) for link in links] == [2, 1, 2]  # the second sent only `lost`, again
+    assert outcome.reason == "no C-STORE response within 1 s"
+
+
+def test_a_first_link_that_breaks_at_once_is_replaced_and_the_instance_goes(
     series: list[Instance], indexed: Callable[..., Instance]
 ) -> None:
     broken = FakeLink(every_class(ELE), lambda o: Stored(None, "aborted", usable=False))
-    outcome = run(series, index_of(indexed), iter([broken]))
-    assert outcome.status == status.OUT_OF_RESOURCES_SUBOPS
+    working = FakeLink(every_class(ELE))
+    outcome = run(series, index_of(indexed), iter([broken, working]))
+    assert outcome.status == status.SUCCESS
     assert len(broken.sent) == 1
+    assert working.sent == [i.sop_instance_uid for i in series]
+
+
+def test_two_links_in_a_row_that_break_before_delivering_end_the_retrieve(
+    series: list[Instance], indexed: Callable[..., Instance]
+) -> None:
+    broken = [FakeLink(every_class(ELE), lambda o: Stored(None, "aborted", usable=False))] * 2
+    outcome = run(series, index_of(indexed), iter(broken))  # a third link would be StopIteration
+    assert outcome.status == status.OUT_OF_RESOURCES_SUBOPS
+    assert len(broken[0].sent) == 2  # the first instance, then the same instance again
     assert outcome.tally.failed == 4
     assert outcome.reason == "the association broke: aborted"
+
+
+def test_several_links_at_once_share_the_instances_each_sent_once(
+    indexed: Callable[..., Instance],
+) -> None:
+    instances = [indexed(f"{n}.dcm", n=n) for n in range(1, 31)]
+    both_sent = threading.Barrier(3, timeout=10)  # each link holds its first until all have one
+    links = [FakeLink(every_class(ELE), lambda o: Stored(0x0000)) for _ in range(3)]
+
+    def first_waits_for_the_others(link: FakeLink) -> Callable[[retrieve.Outgoing], Stored]:
+        def answer(outgoing: retrieve.Outgoing) -> Stored:
+            if len(link.sent) == 1:
+                both_sent.wait()
+            return Stored(0x0000)
+
+        return answer
+
+    for link in links:
+        link.answer = first_waits_for_the_others(link)
+    requestor = FakeRequestor()
+    outcome = run(instances, index_of(indexed), iter(links), requestor, at_once=3)
+    assert outcome.status == status.SUCCESS
+    assert outcome.tally.completed == 30
+    sent = [uid for link in links for uid in link.sent]
+    assert sorted(sent) == sorted(i.sop_instance_uid for i in instances)
+    assert all(link.sent and link.closed == 1 for link in links)
+    assert [p[0] for p in requestor.pendings] == list(range(29, -1, -1))
 
 
 def test_without_reopen_a_broken_link_fails_the_rest(
