@@ -29,6 +29,8 @@ ALLOWED = {
     "storage": LEAVES | {"index", "scan", "config"},
     "watch": LEAVES | {"index", "scan", "config"},
     "security": {"config"},
+    "faults": LEAVES | {"config"},  # which fault rule applies, and what it does; pure
+    "operations": set(),  # the record of the operations served
     "handlers": LEAVES
     | {
         "config",
@@ -40,8 +42,11 @@ ALLOWED = {
         "worklist",
         "security",
         "explain",
+        "faults",
+        "operations",
     },
-    "server": LEAVES | {"config", "handlers", "index", "scan", "watch", "storage", "security"},
+    "server": LEAVES
+    | {"config", "handlers", "index", "scan", "watch", "storage", "security", "operations"},
     "inventory": LEAVES | {"scan"},
     "worklist": LEAVES | {"matching", "scan"},
     "cli": {"config", "server", "inventory"},
