@@ -286,6 +286,7 @@ def test_a_delay_holds_each_sub_operation_and_each_response(
     rules = [
         {"operation": "get", "delay_ms": int(delay * 1000)},
         {"operation": "find", "delay_ms": int(delay * 1000)},
+        {"operation": "store", "delay_ms": int(delay * 1000)},
     ]
     server = start_server(tree, faults=rules)
     assoc = clients(server, received=(received := []))
@@ -295,13 +296,19 @@ def test_a_delay_holds_each_sub_operation_and_each_response(
     began = time.perf_counter()
     assert _find(assoc).Status == status.SUCCESS  # one match: two responses
     find_took = time.perf_counter() - began
+    began = time.perf_counter()
+    assert _store(assoc).Status == status.SUCCESS  # one response
+    store_took = time.perf_counter() - began
     assert len(received) == INSTANCES
     assert get_took >= INSTANCES * delay
     assert find_took >= 2 * delay
-    got, found = server.operations
+    assert store_took >= delay
+    got, found, stored = server.operations
     assert got.duration_ms >= INSTANCES * delay * 1000
     assert found.duration_ms >= 2 * delay * 1000
+    assert stored.duration_ms >= delay * 1000
     assert (got.fault, got.completed, found.fault, found.matches) == (True, INSTANCES, True, 1)
+    assert stored.sop_instance_uids == ("1.2.826.0.1.3680043.8.498.99",)
 
 
 # -- the record of what was served -------------------------------------------------------------
