@@ -141,7 +141,8 @@ def _serve(config: Config) -> int:
     signal.signal(signal.SIGINT, on_signal)
     progress = _terminal_progress if sys.stderr.isatty() else None
     try:
-        server = Server(config, progress=progress).start()
+        # The JSON log is the record of operations here; none is kept in memory.
+        server = Server(config, progress=progress, keep_operations=0).start()
     except (FileNotFoundError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return EXIT_USAGE

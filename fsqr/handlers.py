@@ -860,7 +860,7 @@ class _FindProgress:
 class Handlers:
     """The event handlers of one server, bound to its configuration and index."""
 
-    def __init__(self, config: Config, index: Index) -> None:
+    def __init__(self, config: Config, index: Index, keep_operations: int = 100_000) -> None:
         self.config = config
         self.index = index
         self.headers = HeaderCache()
@@ -868,7 +868,7 @@ class Handlers:
         self.worklist = Worklist(config.worklist) if config.worklist is not None else None
         self._requestor_ae = _requestor_ae(config)  # opens C-MOVE sub-associations
         self.receiver = Receiver(config, index)
-        self.operations = Operations()  # every request served, for Server.operations
+        self.operations = Operations(keep_operations)  # the requests served, most recent last
         self.associations = AssociationLog()
 
     def bindings(self) -> list[tuple[Any, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -69,11 +70,21 @@ class Served:
 
 class Operations(Sequence[Served]):
     """The requests served so far, oldest first: appended by the association threads, read by
-    anyone; every read sees a consistent snapshot."""
+    anyone; every read sees a consistent snapshot.
 
-    def __init__(self) -> None:
+    Only the most recent `keep` are kept, so that a server that runs for months does not grow
+    without end (`fsqr serve` keeps none: its JSON log is the record).
+
+    >>> operations = Operations(keep=2)
+    >>> for n in range(3):
+    ...     operations.append(Served("C-ECHO", f"AE{n}", "h:1", 0, "t", 0.0))
+    >>> [served.calling_ae for served in operations]
+    ['AE1', 'AE2']
+    """
+
+    def __init__(self, keep: int = 100_000) -> None:
         self._lock = threading.Lock()
-        self._served: list[Served] = []
+        self._served: deque[Served] = deque(maxlen=keep)
 
     def append(self, served: Served) -> None:
         with self._lock:
@@ -87,6 +98,8 @@ class Operations(Sequence[Served]):
 
     def __getitem__(self, index: int | slice) -> Served | list[Served]:
         with self._lock:
+            if isinstance(index, slice):
+                return list(self._served)[index]
             return self._served[index]
 
     def __len__(self) -> int:

@@ -46,8 +46,8 @@ class Server:
         with Server(root="data", ae_table={"ME": {"host": "127.0.0.1", "port": 11113}}) as pacs:
             print(pacs.host, pacs.port, pacs.ae_title, pacs.index.counts())
 
-    `operations` records every request served (fsqr/operations.py); the `faults` setting makes
-    it misbehave on purpose (fsqr/faults.py): fsqr as a test double.
+    `operations` records the last `keep_operations` requests served (fsqr/operations.py); the
+    `faults` setting makes it misbehave on purpose (fsqr/faults.py): fsqr as a test double.
     """
 
     def __init__(
@@ -55,6 +55,7 @@ class Server:
         config: Config | None = None,
         *,
         progress: Progress | None = None,
+        keep_operations: int = 100_000,
         **settings: Any,
     ) -> None:
         if config is None:
@@ -65,7 +66,7 @@ class Server:
         self.index = Index()
         self.skipped: list[Skipped] = []
         self._progress = progress
-        self._handlers = Handlers(config, self.index)
+        self._handlers = Handlers(config, self.index, keep_operations)
         self._listener: Any = None
         self.watcher: Watcher | None = None
 
