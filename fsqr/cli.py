@@ -85,7 +85,11 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 class JsonLines(logging.Formatter):
-    """One JSON object per log record: time, level, logger, message (and exception)."""
+    """One JSON object per log record: time, level, logger, message (and exception).
+
+    A request's line also holds its record as `operation` (fsqr/operations.py), and the line
+    that ends an association its summary as `association`: for scripts and CI to assert on.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -94,6 +98,9 @@ class JsonLines(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for structured in ("operation", "association"):  # fsqr/operations.py, handlers.py
+            if structured in record.__dict__:
+                entry[structured] = record.__dict__[structured]
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -134,7 +141,8 @@ def _serve(config: Config) -> int:
     signal.signal(signal.SIGINT, on_signal)
     progress = _terminal_progress if sys.stderr.isatty() else None
     try:
-        server = Server(config, progress=progress).start()
+        # The JSON log is the record of operations here; none is kept in memory.
+        server = Server(config, progress=progress, keep_operations=0).start()
     except (FileNotFoundError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return EXIT_USAGE

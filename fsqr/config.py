@@ -408,6 +408,82 @@ class Storage:
     on_duplicate: OnDuplicate = field(default="replace", metadata={_CHECK: _one_of(ON_DUPLICATE)})
 
 
+# --- faults: misbehaving on purpose (fsqr/faults.py applies them) ----------------------------
+
+ABORTABLE: tuple[Operation, ...] = ("find", "move", "get")  # what has steps to count
+MAX_ERROR_COMMENT = 64  # PS3.7 C.4: Error Comment (0000,0902) is LO, at most 64 characters
+DEFAULT_FAULT_COMMENT = "fault injected by fsqr (faults: in fsqr.yaml)"
+
+
+def _dimse_status(value: Any, at: _At) -> int:
+    """A status written as DICOM writes it, 4 hex digits (`"A700"`), other than success and
+    pending. An integer is refused: YAML reads `0124` as octal 84, a status nobody meant.
+
+    >>> hex(_dimse_status("a700", _At("f")))
+    '0xa700'
+    """
+    if isinstance(value, str) and re.fullmatch(r"[0-9A-Fa-f]{4}", value):
+        code = int(value, 16)
+        if code in (0x0000, 0xFF00, 0xFF01):
+            raise at.error(f"must be a failure, warning or cancel status, not {value}")
+        return code
+    raise at.error(
+        f"must be a status as 4 hex digits in quotes, like 'A700' or '0124'; got {_shown(value)}"
+    )
+
+
+def _error_comment(value: Any, at: _At) -> str:
+    if not isinstance(value, str) or len(value) > MAX_ERROR_COMMENT or "\\" in value:
+        wanted = f"text of at most {MAX_ERROR_COMMENT} characters, without a backslash"
+        raise at.error(f"must be {wanted} (an Error Comment is LO); got {_shown(value)}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRule:
+    """A way to misbehave on purpose, for testing the clients of a PACS (fsqr/faults.py)."""
+
+    operation: Operation = field(metadata={_CHECK: _one_of(OPERATIONS)})
+    caller: str | None = field(default=None, metadata={_CHECK: _ae_title})  # None: any caller
+    # answer this status (and comment) instead of serving the request
+    status: int | None = field(default=None, metadata={_CHECK: _dimse_status})
+    comment: str | None = field(default=None, metadata={_CHECK: _error_comment})
+    # milliseconds to wait before each response (echo, find, store) or sub-operation (move, get)
+    delay_ms: int = field(default=0, metadata={_CHECK: _integer(0, 600_000)})
+    # A-ABORT the association after this many matches (find) or sub-operations (move, get)
+    abort_after: int | None = field(default=None, metadata={_CHECK: _integer(0)})
+
+
+def _fault_rule(value: Any, at: _At) -> FaultRule:
+    if isinstance(value, FaultRule):
+        value = _fields_of(value)
+        if value["status"] is not None:
+            value["status"] = f"{value['status']:04X}"
+    rule = _from_mapping(FaultRule, value, at)
+    if rule.comment is not None and rule.status is None:
+        raise at.child("comment").error("is the Error Comment of a status: give status too")
+    if rule.abort_after is not None:
+        if rule.status is not None:
+            raise at.child("abort_after").error("cannot go with status: nothing is sent then")
+        if rule.operation not in ABORTABLE:
+            raise at.child("abort_after").error(
+                f"counts matches (find) or sub-operations (move, get), not {rule.operation}"
+            )
+    if rule.status is None and not rule.delay_ms and rule.abort_after is None:
+        raise at.error("does nothing: give it a status, a delay_ms or an abort_after")
+    return rule
+
+
+def _fault_rules(value: Any, at: _At) -> tuple[FaultRule, ...]:
+    if isinstance(value, (str, Mapping)) or not isinstance(value, (list, tuple)):
+        raise at.error(
+            f"must be a list of rules like {{operation: find, status: 'A700'}}; got {_shown(value)}"
+        )
+    return tuple(
+        _fault_rule(rule, _At(at.source, f"{at.key}[{i}]")) for i, rule in enumerate(value)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """All of fsqr's settings; `fsqr.yaml` at the top of the repository documents each key.
@@ -440,6 +516,8 @@ class Config:
     tls: Tls = field(default=Tls(), metadata={_CHECK: _tls})
     # C-FIND: at most this many matches are sent, then A700 (Out of Resources); 0 = no limit
     max_find_responses: int = field(default=10000, metadata={_CHECK: _integer(0)})
+    # misbehave on purpose, for testing clients: the first rule that fits a request applies
+    faults: tuple[FaultRule, ...] = field(default=(), metadata={_CHECK: _fault_rules})
 
     def peer(self, ae_title: str) -> Peer | None:
         """The peer called `ae_title`, ignoring leading and trailing spaces (PS3.5 6.2, AE).

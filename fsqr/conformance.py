@@ -143,6 +143,11 @@ def character_sets() -> Iterator[str]:
 
 def statuses() -> Iterator[str]:
     yield "## Statuses\n"
+    yield (
+        "What each operation answers. Configured as a test double (`faults:` in fsqr.yaml), fsqr"
+        " also answers any status named there, waits before responses or sub-operations, and"
+        " aborts associations after a given number of matches or sub-operations, on purpose.\n"
+    )
     yield "| Operation | Status | Name in fsqr |"
     yield "|---|---|---|"
     for operation, names in STATUSES.items():

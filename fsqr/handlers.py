@@ -14,6 +14,7 @@ fsqr's DIMSE plumbing lives here, so that only this module and server.py import 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import socket
@@ -32,7 +33,7 @@ from pynetdicom import build_context, evt
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode as encode_dataset
 
-from fsqr import explain, reactor, retrieve, security, status
+from fsqr import explain, faults, reactor, retrieve, security, status
 from fsqr.config import Config, Operation, Peer
 from fsqr.errors import (
     DimseError,
@@ -44,6 +45,7 @@ from fsqr.errors import (
 )
 from fsqr.index import Index
 from fsqr.keys import FIND_MODELS, GET_MODELS, MODALITY_WORKLIST_FIND, MOVE_MODELS, Model
+from fsqr.operations import Operations, Served, Started
 from fsqr.query import find, instances_to_retrieve, parse_identifier, parse_retrieve_identifier
 from fsqr.scan import HeaderCache
 from fsqr.storage import Receiver
@@ -100,12 +102,6 @@ def set_nodelay(event: Any) -> None:
 
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         transport.recv = recv_and_ack
-
-
-def serve_without_polling(event: Any) -> None:
-    """EVT_CONN_OPEN: an accepted association waits for work instead of polling for it."""
-    if event.assoc.is_acceptor:
-        reactor.serve_without_polling(event.assoc)
 
 
 def _identifier(event: Any) -> Dataset:
@@ -321,12 +317,15 @@ class _Responder:
         # Responses may be sent from several sub-association threads at once (a destination's
         # `associations`); the fragments of two messages must not interleave (PS3.7 8.1).
         self._sending = threading.Lock()
+        self.fault: faults.Fault | None = None  # a `faults:` rule's abort_after ends it early
 
     def cancelled(self) -> bool:
         return self._cancels.is_cancelled(self._event) or bool(self._event.is_cancelled)
 
     def gone(self) -> bool:
         assoc = self._assoc
+        if self.fault is not None and self.fault.cut_short:
+            return True  # the association is aborted once the retrieve has stopped
         return bool(assoc.is_aborted or assoc.acse.is_aborted() or not assoc.dul.is_alive())
 
     def pending(self, tally: retrieve.Tally) -> None:
@@ -679,6 +678,47 @@ class _RequestorLink:
         self._sender.stashed.clear()
 
 
+class _MisbehavingLink:
+    """A `retrieve.Link` slowed down by a `faults:` rule: it waits `delay_ms` before each
+    sub-operation and counts them, for the rule's abort_after (fsqr/faults.py)."""
+
+    def __init__(self, link: retrieve.Link, fault: faults.Fault) -> None:
+        self._link = link
+        self._fault = fault
+
+    def transfer_syntaxes(self, sop_class_uid: str) -> tuple[str, ...]:
+        return self._link.transfer_syntaxes(sop_class_uid)
+
+    def why_not(self, sop_class_uid: str) -> str:
+        return self._link.why_not(sop_class_uid)
+
+    def store(self, outgoing: retrieve.Outgoing) -> retrieve.Stored:
+        self._fault.pause()
+        stored = self._link.store(outgoing)
+        self._fault.step()
+        return stored
+
+    def close(self) -> None:
+        self._link.close()
+
+
+def _misbehaving(
+    open_link: Callable[[retrieve.Batch], retrieve.Link], fault: faults.Fault
+) -> Callable[[retrieve.Batch], retrieve.Link]:
+    """`open_link`, its links slowed down and counted by `fault`."""
+    return lambda batch: _MisbehavingLink(open_link(batch), fault)
+
+
+def _counted(n: int, thing: str) -> str:
+    """`n` things, in words.
+
+    >>> _counted(1, "match"), _counted(2, "match"), _counted(0, "sub-operation")
+    ('1 match', '2 matches', '0 sub-operations')
+    """
+    plural = thing + ("es" if thing.endswith("ch") else "s")
+    return f"{n} {thing if n == 1 else plural}"
+
+
 def _sop_name(uid: str) -> str:
     return str(UID(uid).name)
 
@@ -694,10 +734,110 @@ def _requestor_ae(config: Config) -> Any:
     return ae
 
 
+class _Lifetime:
+    """What the association log knows of one association while it lasts."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.operations = 0
+        self.logged = False  # its one line is written
+
+
+class AssociationLog:
+    """One log line per association: when it ends, who called from where, how it ended
+    (released, aborted by the peer or by fsqr, timed out, the connection lost), the operations
+    served and how long it lasted; when it is rejected, why.
+
+    EVT_CONN_OPEN, before the association's threads start, gives it fsqr's loops
+    (`reactor.serve_without_polling`), which say how it ended once its thread has finished.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lifetimes: weakref.WeakKeyDictionary[Any, _Lifetime] = weakref.WeakKeyDictionary()
+
+    def bindings(self) -> list[tuple[Any, Any]]:
+        return [(evt.EVT_CONN_OPEN, self.on_open), (evt.EVT_REJECTED, self.on_rejected)]
+
+    def on_open(self, event: Any) -> None:
+        if event.assoc.is_acceptor:
+            with self._lock:
+                self._lifetimes[event.assoc] = _Lifetime()
+            reactor.serve_without_polling(event.assoc, ended=self.ended)
+
+    def served(self, assoc: Any) -> None:
+        """One more operation served over `assoc`."""
+        with self._lock:
+            lifetime = self._lifetimes.get(assoc)
+            if lifetime is not None:
+                lifetime.operations += 1
+
+    def _first_word(self, assoc: Any) -> _Lifetime | None:
+        """The association's lifetime if its line is still to be written (and now taken)."""
+        with self._lock:
+            lifetime = self._lifetimes.get(assoc)
+            if lifetime is None or lifetime.logged:
+                return None
+            lifetime.logged = True
+            return lifetime
+
+    def said_rejected(self, assoc: Any) -> None:
+        """fsqr rejected `assoc` and said why (Handlers.on_requested): nothing more to log."""
+        self._first_word(assoc)
+
+    def on_rejected(self, event: Any) -> None:
+        """pynetdicom's own rejections, e.g. beyond max_associations (PS3.8 9.3.4)."""
+        if not event.assoc.is_acceptor or self._first_word(event.assoc) is None:
+            return
+        answer = event.assoc.acceptor.primitive
+        log.warning(
+            "association from %s rejected: %s, %s",
+            _peer_of(event.assoc),
+            getattr(answer, "result_str", ""),
+            getattr(answer, "reason_str", ""),
+        )
+
+    def ended(self, assoc: Any, how: str) -> None:
+        lifetime = self._first_word(assoc)
+        if lifetime is None:
+            return
+        milliseconds = (time.perf_counter() - lifetime.started) * 1000
+        peer = assoc.requestor
+        record = {
+            "calling_ae": _peer_of(assoc).rsplit("@", 1)[0],
+            "peer": f"{peer.address}:{peer.port}",
+            "ended": how,
+            "operations": lifetime.operations,
+            "duration_ms": round(milliseconds, 1),
+        }
+        log.info(
+            "association with %s ended: %s, %d operations, %.0f ms",
+            _peer_of(assoc),
+            how,
+            lifetime.operations,
+            milliseconds,
+            extra={"association": record},
+        )
+
+
+class _FindProgress:
+    """One C-FIND as it goes, for its record and its log line (`Handlers._answer_find`)."""
+
+    def __init__(self, event: Any, model: str) -> None:
+        self.event = event
+        self.model = model
+        self.started = Started.now()
+        self.level = ""  # "-" for Modality Worklist, which has no levels
+        self.matches = 0
+        self.busy = 0.0  # time spent in fsqr, not waiting for pynetdicom to send
+        self.fault: faults.Fault | None = None
+        self.served: Served | None = None  # its record, once made
+
+
 class Handlers:
     """The event handlers of one server, bound to its configuration and index."""
 
-    def __init__(self, config: Config, index: Index) -> None:
+    def __init__(self, config: Config, index: Index, keep_operations: int = 100_000) -> None:
         self.config = config
         self.index = index
         self.headers = HeaderCache()
@@ -705,12 +845,13 @@ class Handlers:
         self.worklist = Worklist(config.worklist) if config.worklist is not None else None
         self._requestor_ae = _requestor_ae(config)  # opens C-MOVE sub-associations
         self.receiver = Receiver(config, index)
+        self.operations = Operations(keep_operations)  # the requests served, most recent last
+        self.associations = AssociationLog()
 
     def bindings(self) -> list[tuple[Any, Any]]:
         return [
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_CONN_OPEN, set_nodelay),
-            (evt.EVT_CONN_OPEN, serve_without_polling),
             (evt.EVT_CONN_OPEN, self.take_retrieve_requests),
             (evt.EVT_CONN_OPEN, self.limit_pdu_size),
             (evt.EVT_DIMSE_RECV, self.cancels.on_dimse_recv),
@@ -719,6 +860,7 @@ class Handlers:
             (evt.EVT_C_FIND, self.on_find),
             (evt.EVT_C_STORE, self.on_store),
             *((event, explain_association) for event in EXPLAINED),
+            *self.associations.bindings(),
         ]
 
     def on_sop_extended(self, event: Any) -> dict[str, bytes]:
@@ -791,6 +933,7 @@ class Handlers:
         if refusal is None:
             return
         log.warning("association from %s rejected: %s", where, refusal.why)
+        self.associations.said_rejected(assoc)
         # As pynetdicom does when it rejects a request itself (acse.py, _negotiate_as_acceptor).
         assoc.acse.send_reject(refusal.result, refusal.source, refusal.reason)
         evt.trigger(assoc, evt.EVT_REJECTED, {})
@@ -807,14 +950,59 @@ class Handlers:
             )
             raise NotAuthorized(f"{calling} may not {operation} here")
 
-    def on_echo(self, event: Any) -> int:
+    def _fault(self, event: Any, operation: Operation) -> faults.Fault | None:
+        """The `faults:` rule for this request at work, if one applies (fsqr/faults.py)."""
+        calling = str(event.assoc.requestor.ae_title)
+        rule = faults.rule_for(self.config.faults, operation, calling)
+        if rule is None:
+            return None
+        fault = faults.Fault(rule)
+        log.info(
+            "C-%s from %s: fault rule applies (%s)",
+            operation.upper(),
+            caller(event.assoc),
+            fault.describe(),
+        )
+        return fault
+
+    def _served(self, event: Any, started: Started, operation: str, **outcome: Any) -> Served:
+        """Record a request as served, before its final response goes (fsqr/operations.py)."""
+        peer = event.assoc.requestor
+        served = Served(
+            operation=operation,
+            calling_ae=str(peer.ae_title).strip(),
+            peer=f"{peer.address}:{peer.port}",
+            started=started.at,
+            duration_ms=started.elapsed_ms(),
+            **outcome,
+        )
+        self.operations.append(served)
+        self.associations.served(event.assoc)
+        return served
+
+    def on_echo(self, event: Any) -> int | Dataset:
+        started = Started.now()
+        fault = None
+        code, comment = status.SUCCESS, ""
         try:
             self._authorize(event, "echo")
-        except NotAuthorized:
-            return status.NOT_AUTHORIZED
-        log.info("C-ECHO from %s", caller(event.assoc))
-        explain.echo(caller(event.assoc), status.SUCCESS)
-        return status.SUCCESS
+            fault = self._fault(event, "echo")
+            if fault is not None:
+                fault.pause()
+                fault.raise_status()
+        except DimseError as exc:
+            code, comment = exc.status, exc.comment
+        served = self._served(
+            event, started, "C-ECHO", status=code, comment=comment, fault=fault is not None
+        )
+        log.info(
+            "C-ECHO from %s%s",
+            caller(event.assoc),
+            f": {code:04X} {comment}" if code != status.SUCCESS else "",
+            extra={"operation": served.as_json()},
+        )
+        explain.echo(caller(event.assoc), code)
+        return failure(code, comment) if code != status.SUCCESS else status.SUCCESS
 
     def take_retrieve_requests(self, event: Any) -> None:
         """EVT_CONN_OPEN: serve this association's C-MOVE and C-GET requests with fsqr's own
@@ -925,76 +1113,127 @@ class Handlers:
 
     def _retrieve(self, event: Any, models: dict[str, Model]) -> None:
         """What C-MOVE and C-GET share: identifier -> instances -> sub-operations -> responses."""
-        started = time.perf_counter()
+        started = Started.now()
         request = event.request
         operation = "C-MOVE" if models is MOVE_MODELS else "C-GET"
-        where = f" to {str(request.MoveDestination or '').strip()}" if models is MOVE_MODELS else ""
+        destination = str(request.MoveDestination or "").strip() if models is MOVE_MODELS else ""
         sop_class = str(event.request.AffectedSOPClassUID)
         model = models[sop_class]
         responder = _Responder(event, self.cancels)
-        level = "?"
-        outcome_text = ""
+        fault = None
+        level = ""
         tally = retrieve.Tally(0)
+        code: int | None = None
+        comment = ""
+        answer: Callable[[], None]  # the final response, sent once the request is recorded
         try:
             if explain.on():
                 _explain_retrieve_request(event, operation, model.value)
             self._authorize(event, "move" if models is MOVE_MODELS else "get")
+            fault = self._fault(event, "move" if models is MOVE_MODELS else "get")
+            if fault is not None:
+                fault.pause()
+                fault.raise_status()
+                responder.fault = fault
             open_link = self._links(event, responder)
-            relational = event.assoc.acceptor.sop_class_extended.get(sop_class, b"")[:1] == b"\1"
-            query = parse_retrieve_identifier(_identifier(event), model, relational=relational)
-            level = query.level.value
-            instances = instances_to_retrieve(self.index, query)
-            retrieve.check_limit(instances)
-            responder.counts = retrieve.Tally(len(instances))
-            if models is MOVE_MODELS:
-                batches = retrieve.plan_batches(instances)
-            else:
-                batches = [retrieve.Batch((), tuple(instances))] if instances else []
-            explain.plan(
-                operation, len(instances), [(len(b.contexts), len(b.instances)) for b in batches]
-            )
-            outcome = retrieve.run(
-                batches,
-                open_link,
-                responder,
-                self.index,
-                reopen=models is MOVE_MODELS,
-                links=self._links_at_once(event),
-            )
-            tally = outcome.tally
-            outcome_text = "no answer: the SCU went away"
-            if outcome.status is not None:
-                outcome_text = f"{outcome.status:04X}"
-            responder.final(outcome)
+            if fault is not None:
+                open_link = _misbehaving(open_link, fault)
+            level, outcome = self._sub_operations(event, model, responder, open_link)
+            tally, code = outcome.tally, outcome.status
+            if fault is not None and fault.cut_short:
+                done = _counted(fault.steps, "sub-operation")
+                comment = f"aborted after {done} (faults: abort_after)"
+            elif code is None:
+                comment = "no answer: the SCU went away"
+            answer = functools.partial(responder.final, outcome)
         except DimseError as exc:
-            outcome_text = f"{exc.status:04X} {exc.comment}"
+            code, comment = exc.status, exc.comment
             log.warning("%s from %s refused: %s", operation, caller(event.assoc), exc.comment)
-            responder.refuse(exc.status, exc.comment)
+            answer = functools.partial(responder.refuse, exc.status, exc.comment)
         except Exception as exc:
             log.exception("%s from %s failed", operation, caller(event.assoc))
-            outcome_text = f"{status.UNABLE_TO_PROCESS:04X} {type(exc).__name__}"
-            responder.refuse(status.UNABLE_TO_PROCESS, f"fsqr error: {exc}")
-        finally:
-            self.cancels.forget(event)
-            seconds = time.perf_counter() - started
-            done = tally.completed + tally.warning
-            log.info(
-                "%s %s %s from %s%s: %d completed, %d warning, %d failed, %d not attempted, "
-                "%s, %.0f ms, %.1f instances/s, %.1f MB/s",
-                operation,
-                level,
-                model.value,
-                caller(event.assoc),
-                where,
-                tally.completed,
-                tally.warning,
-                tally.failed,
-                tally.remaining,
-                outcome_text,
-                seconds * 1000,
-                done / seconds if seconds else 0.0,
-                tally.sent_bytes / seconds / 1e6 if seconds else 0.0,
-            )
+            code, comment = status.UNABLE_TO_PROCESS, f"fsqr error: {exc}"
+            answer = functools.partial(responder.refuse, status.UNABLE_TO_PROCESS, comment)
+        self.cancels.forget(event)
+        served = self._served(
+            event,
+            started,
+            operation,
+            status=code,
+            comment=comment[:64],
+            model=model.value,
+            level=level,
+            destination=destination,
+            completed=tally.completed,
+            failed=tally.failed,
+            warning=tally.warning,
+            sop_instance_uids=tuple(tally.sent_uids),
+            fault=fault is not None,
+        )
+        self._log_retrieve(event, served, tally)
+        if fault is not None and fault.cut_short:
+            event.assoc.abort()
+        else:
+            answer()
+
+    def _sub_operations(
+        self,
+        event: Any,
+        model: Model,
+        responder: _Responder,
+        open_link: Callable[[retrieve.Batch], retrieve.Link],
+    ) -> tuple[str, retrieve.Outcome]:
+        """The level asked for, and how its sub-operations went (`retrieve.run`)."""
+        sop_class = str(event.request.AffectedSOPClassUID)
+        moving = isinstance(event.request, C_MOVE)
+        relational = event.assoc.acceptor.sop_class_extended.get(sop_class, b"")[:1] == b"\1"
+        query = parse_retrieve_identifier(_identifier(event), model, relational=relational)
+        instances = instances_to_retrieve(self.index, query)
+        retrieve.check_limit(instances)
+        responder.counts = retrieve.Tally(len(instances))
+        if moving:
+            batches = retrieve.plan_batches(instances)
+        else:
+            batches = [retrieve.Batch((), tuple(instances))] if instances else []
+        explain.plan(
+            "C-MOVE" if moving else "C-GET",
+            len(instances),
+            [(len(b.contexts), len(b.instances)) for b in batches],
+        )
+        outcome = retrieve.run(
+            batches,
+            open_link,
+            responder,
+            self.index,
+            reopen=moving,
+            links=self._links_at_once(event),
+        )
+        return query.level.value, outcome
+
+    def _log_retrieve(self, event: Any, served: Served, tally: retrieve.Tally) -> None:
+        """The one log line of a C-MOVE or C-GET, with its record for JSON logs."""
+        code, comment = served.status, served.comment
+        outcome = f"{code:04X} {comment}".rstrip() if code is not None else comment
+        seconds = served.duration_ms / 1000
+        done = tally.completed + tally.warning
+        log.info(
+            "%s %s %s from %s%s: %d completed, %d warning, %d failed, %d not attempted, "
+            "%s, %.0f ms, %.1f instances/s, %.1f MB/s",
+            served.operation,
+            served.level or "?",
+            served.model,
+            caller(event.assoc),
+            f" to {served.destination}" if served.destination else "",
+            tally.completed,
+            tally.warning,
+            tally.failed,
+            tally.remaining,
+            outcome,
+            served.duration_ms,
+            done / seconds if seconds else 0.0,
+            tally.sent_bytes / seconds / 1e6 if seconds else 0.0,
+            extra={"operation": served.as_json()},
+        )
 
     def on_store(self, event: Any) -> int | Dataset:
         """C-STORE SCP (PS3.4 B.2.2): write the instance under the root as sent, index it, answer.
@@ -1003,31 +1242,64 @@ class Handlers:
         C-FIND sent after the response finds it. `storage.on_duplicate: keep` answers 0000
         Success for an instance already stored: the SCU's instance is there, as it asked.
         """
-        started = time.perf_counter()
+        started = Started.now()
+        sop_class = str(event.request.AffectedSOPClassUID)
         uid = str(event.request.AffectedSOPInstanceUID)
         who = caller(event.assoc)
+        fault = None
         try:
             self._authorize(event, "store")
+            fault = self._fault(event, "store")
+            if fault is not None:
+                fault.pause()
+                fault.raise_status()
             encoded = event.encoded_dataset()
-            stored = self.receiver.store(encoded, str(event.request.AffectedSOPClassUID), uid)
+            stored = self.receiver.store(encoded, sop_class, uid)
         except DimseError as exc:
+            self._served(
+                event,
+                started,
+                "C-STORE",
+                status=exc.status,
+                comment=exc.comment,
+                model=sop_class,
+                fault=fault is not None,
+            )
             log.warning("C-STORE %s from %s refused: %04X %s", uid, who, exc.status, exc.comment)
             return failure(exc.status, exc.comment)
         except Exception as exc:
+            comment = f"fsqr error: {type(exc).__name__}"[:64]
+            self._served(
+                event,
+                started,
+                "C-STORE",
+                status=status.CANNOT_UNDERSTAND,
+                comment=comment,
+                model=sop_class,
+                fault=fault is not None,
+            )
             log.exception("C-STORE %s from %s failed", uid, who)
-            return failure(status.CANNOT_UNDERSTAND, f"fsqr error: {type(exc).__name__}"[:64])
+            return failure(status.CANNOT_UNDERSTAND, comment)
+        served = self._served(
+            event,
+            started,
+            "C-STORE",
+            status=status.SUCCESS,
+            model=sop_class,
+            sop_instance_uids=(uid,),
+            fault=fault is not None,
+        )
         log.info(
             "C-STORE %s from %s: %s, %d bytes, %.1f ms",
             uid,
             who,
             stored.outcome,
             len(encoded),
-            (time.perf_counter() - started) * 1000,
+            served.duration_ms,
+            extra={"operation": served.as_json()},
         )
         log.debug("C-STORE %s: %s", uid, stored.path)
-        explain.store_received(
-            who, str(event.request.AffectedSOPClassUID), str(stored.outcome), status.SUCCESS
-        )
+        explain.store_received(who, sop_class, str(stored.outcome), status.SUCCESS)
         return status.SUCCESS
 
     def on_find(self, event: Any) -> Iterator[FindResponse]:
@@ -1068,51 +1340,88 @@ class Handlers:
         answers ends it with FE00. pynetdicom sends 0000 Success by itself once this generator
         ends without a final status of its own.
         """
-        started = time.perf_counter()
-        busy = 0.0  # time spent here, not waiting for pynetdicom to send
-        matches = 0
-        outcome = "0000 Success"
-        level = "?"
+        find = _FindProgress(event, model)
         cap = self.config.max_find_responses
         try:
             self._authorize(event, "find")
+            fault = find.fault = self._fault(event, "find")
+            if fault is not None:
+                fault.pause()
+                fault.raise_status()
             tick = time.perf_counter()
-            level, results = answers(event)
-            busy += time.perf_counter() - tick
+            find.level, results = answers(event)
+            find.busy += time.perf_counter() - tick
             while True:
                 _keep_pace_with_the_network(event.assoc)
                 if self.cancels.is_cancelled(event) or event.is_cancelled:
-                    outcome = "FE00 Cancel"
+                    self._find_done(find, status.CANCEL)
                     yield status.CANCEL, None
+                    return
+                if fault is not None and fault.cut_short:
+                    comment = (
+                        f"aborted after {_counted(find.matches, 'match')} (faults: abort_after)"
+                    )
+                    self._find_done(find, None, comment)
+                    event.assoc.abort()
                     return
                 tick = time.perf_counter()
                 answer = next(results, None)
-                busy += time.perf_counter() - tick
+                find.busy += time.perf_counter() - tick
                 if answer is None:
+                    self._find_done(find, status.SUCCESS)
                     return
-                if cap and matches >= cap:  # PS3.4 C.4.1.1.4: A700, Refused: Out of Resources
+                if cap and find.matches >= cap:  # PS3.4 C.4.1.1.4: A700, Out of Resources
                     raise TooManyResponses(f"more than {cap} matches: narrow the query")
-                matches += 1
+                find.matches += 1
                 yield status.PENDING, answer
+                if fault is not None:
+                    fault.step()
+                    fault.pause()  # before the next response, whatever it is
         except DimseError as exc:
-            outcome = f"{exc.status:04X} {exc.comment}"
+            self._find_done(find, exc.status, exc.comment)
             yield failure(exc.status, exc.comment), None
             return
         except Exception as exc:
             log.exception("C-FIND from %s failed", caller(event.assoc))
-            outcome = f"{status.UNABLE_TO_PROCESS:04X} {type(exc).__name__}"
-            yield failure(status.UNABLE_TO_PROCESS, f"fsqr error: {exc}"), None
+            comment = f"fsqr error: {exc}"
+            self._find_done(find, status.UNABLE_TO_PROCESS, comment[:64])
+            yield failure(status.UNABLE_TO_PROCESS, comment), None
             return
         finally:
-            self.cancels.forget(event)
-            explain.find_done(caller(event.assoc), matches, outcome)
-            log.info(
-                "C-FIND %s %s from %s: %d matches, %s, %.1f ms (fsqr %.1f ms)",
-                level,
-                model,
-                caller(event.assoc),
-                matches,
-                outcome,
-                (time.perf_counter() - started) * 1000,
-                busy * 1000,
-            )
+            # The association ended while answers were still going (pynetdicom closed this).
+            self._find_done(find, None, "no answer: the association ended")
+
+    def _find_done(self, find: _FindProgress, code: int | None, comment: str = "") -> None:
+        """Record and log a C-FIND, once, before its final response goes."""
+        if find.served is not None:
+            return
+        event = find.event
+        self.cancels.forget(event)
+        outcome = f"{code:04X} {comment}" if code is not None else comment
+        if code in (status.SUCCESS, status.CANCEL):
+            outcome = "0000 Success" if code == status.SUCCESS else "FE00 Cancel"
+        if code is not None:
+            explain.find_done(caller(event.assoc), find.matches, outcome)
+        level = "" if find.level == "-" else find.level
+        find.served = self._served(
+            event,
+            find.started,
+            "C-FIND",
+            status=code,
+            comment=comment,
+            model=find.model,
+            level=level,
+            matches=find.matches,
+            fault=find.fault is not None,
+        )
+        log.info(
+            "C-FIND %s %s from %s: %d matches, %s, %.1f ms (fsqr %.1f ms)",
+            find.level or "?",
+            find.model,
+            caller(event.assoc),
+            find.matches,
+            outcome,
+            find.served.duration_ms,
+            find.busy * 1000,
+            extra={"operation": find.served.as_json()},
+        )

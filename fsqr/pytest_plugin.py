@@ -11,6 +11,9 @@ Any project that has fsqr installed gets two fixtures:
         server = fsqr_server_factory(tmp_path, ae_table=peers)
         assert my_viewer.query("127.0.0.1", server.port, server.ae_title) == []
 
+With `faults=[...]` the server misbehaves on purpose, and `server.operations` records every
+request it served (README: "fsqr as a test double").
+
 fsqr is imported only when a fixture is used, so the plugin costs nothing in other test runs.
 """
 

@@ -21,9 +21,9 @@ The loops do what pynetdicom's `DULServiceProvider.run_reactor` and
 `Association._run_reactor` do, step for step, with the sleeps replaced by waits. They use these
 pynetdicom internals, here only: DULServiceProvider's queues, `_process_recv_primitive`,
 `_is_transport_event`, `_idle_timer`, `artim_timer`, `_kill_thread`, `state_machine` and `socket`;
-Association's `_run_reactor`, `_serve_request`, `_kill`, `_is_paused`, `_reactor_checkpoint`,
-`_dul_ready` and `dimse.msg_queue`; AE's `_create_socket`. tests/test_reactor.py fails if a
-release changes them.
+Association's `_run_reactor`, `_serve_request`, `_kill`, `_sent_abort`, `_is_paused`,
+`_reactor_checkpoint`, `_dul_ready` and `dimse.msg_queue`; AE's `_create_socket`.
+tests/test_reactor.py fails if a release changes them.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import queue
 import select
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE, evt
@@ -95,8 +96,15 @@ class WaitingAE(AE):
         return super()._create_socket(assoc, address, tls_args)
 
 
-def serve_without_polling(assoc: Any) -> None:
-    """Give an association, before its threads start, loops that wait rather than poll."""
+def serve_without_polling(assoc: Any, ended: Callable[[Any, str], None] | None = None) -> None:
+    """Give an association, before its threads start, loops that wait rather than poll.
+
+    `ended(assoc, how)` is called once its thread has finished, with how it ended: "released",
+    "aborted by the peer", "aborted by fsqr", "timed out (timeouts.network)", "connection
+    lost", "rejected", "closed before any association request" or "closed before it was
+    established". Read from the loop that saw it
+    end, this does not depend on the order in which pynetdicom's two threads raise their events.
+    """
     dul = assoc.dul
     socket_or_queue = _WakeUp()  # wakes the DUL thread: data to send, or a stop
     message_or_primitive = threading.Event()  # wakes the association thread
@@ -120,9 +128,27 @@ def serve_without_polling(assoc: Any) -> None:
             message_or_primitive.set()  # the association thread sees that the DUL has ended
             socket_or_queue.close()
 
+    how: list[str] = []  # set by the association loop, if the association was established
+
+    def run_association() -> None:
+        try:
+            type(assoc).run(assoc)  # pynetdicom's: negotiation, then `_run_reactor`
+        finally:
+            if ended is not None:
+                ended(assoc, how[0] if how else _never_established(assoc))
+
     dul.stop_dul = stop_dul
     dul.run = run_dul  # Thread.start() calls run(); the instance's wins over the class's
-    assoc._run_reactor = lambda: _association_loop(assoc, message_or_primitive)
+    assoc.run = run_association
+    assoc._run_reactor = lambda: how.append(_association_loop(assoc, message_or_primitive))
+
+
+def _never_established(assoc: Any) -> str:
+    if assoc.is_rejected:
+        return "rejected"
+    if assoc.is_acceptor and assoc.requestor.primitive is None:
+        return "closed before any association request"
+    return "closed before it was established"
 
 
 def _dul_loop(dul: Any, wake_up: _WakeUp) -> None:
@@ -181,8 +207,8 @@ def _abort(dul: Any) -> None:
     dul._kill_thread = True
 
 
-def _association_loop(assoc: Any, work: threading.Event) -> None:
-    """pynetdicom's acceptor reactor, waiting on `work` where it slept."""
+def _association_loop(assoc: Any, work: threading.Event) -> str:
+    """pynetdicom's association reactor, waiting on `work` where it slept; says how it ended."""
     assoc._is_paused = False
     while not assoc._kill:
         # pynetdicom's send_*() and release() clear the checkpoint to have this thread keep off
@@ -198,13 +224,14 @@ def _association_loop(assoc: Any, work: threading.Event) -> None:
             continue
         if assoc.is_established and assoc.acse.is_release_requested():
             _released(assoc)
-            return
+            return "released"
         if assoc.acse.is_aborted():
+            by_the_peer = assoc.acse.is_aborted("a-abort")
             _aborted(assoc)
-            return
+            return "aborted by the peer" if by_the_peer else "connection lost"
         if not assoc.dul.is_alive():
             assoc.kill()
-            return
+            return "connection lost"
         if assoc.dul.idle_timer_expired():
             log.warning("association from %s: network timeout reached", _peer(assoc.dul))
             if assoc.network_timeout_response == "A-RELEASE":
@@ -213,8 +240,12 @@ def _association_loop(assoc: Any, work: threading.Event) -> None:
             else:
                 assoc.abort()
             assoc.kill()
-            return
+            return "timed out (timeouts.network)"
         work.wait(IDLE_CHECK)
+    # Ended from outside the loop: by fsqr's abort(), or by fsqr's own release of it.
+    if assoc.is_released:
+        return "released"
+    return "aborted by fsqr" if assoc._sent_abort else "connection lost"
 
 
 def _released(assoc: Any) -> None:

@@ -494,14 +494,17 @@ class Tally:
     failed: int = 0
     warning: int = 0
     failed_uids: list[str] = field(default_factory=list)
+    sent_uids: list[str] = field(default_factory=list)  # completed, or with a warning
     sent_bytes: int = 0
 
     def count(self, sop_instance_uid: str, result: Category) -> None:
         self.remaining -= 1
         if result is Category.COMPLETED:
             self.completed += 1
+            self.sent_uids.append(sop_instance_uid)
         elif result is Category.WARNING:
             self.warning += 1
+            self.sent_uids.append(sop_instance_uid)
         else:
             self.failed += 1
             self.failed_uids.append(sop_instance_uid)

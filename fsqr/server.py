@@ -26,6 +26,7 @@ from fsqr.config import Config, config_from_mapping, with_overrides
 from fsqr.handlers import Handlers
 from fsqr.index import Index
 from fsqr.keys import FIND_MODELS, GET_MODELS, MODALITY_WORKLIST_FIND, MOVE_MODELS
+from fsqr.operations import Operations
 from fsqr.records import Parsed, Skipped
 from fsqr.scan import scan_files, walk
 from fsqr.security import server_context
@@ -44,6 +45,9 @@ class Server:
 
         with Server(root="data", ae_table={"ME": {"host": "127.0.0.1", "port": 11113}}) as pacs:
             print(pacs.host, pacs.port, pacs.ae_title, pacs.index.counts())
+
+    `operations` records the last `keep_operations` requests served (fsqr/operations.py); the
+    `faults` setting makes it misbehave on purpose (fsqr/faults.py): fsqr as a test double.
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class Server:
         config: Config | None = None,
         *,
         progress: Progress | None = None,
+        keep_operations: int = 100_000,
         **settings: Any,
     ) -> None:
         if config is None:
@@ -61,7 +66,7 @@ class Server:
         self.index = Index()
         self.skipped: list[Skipped] = []
         self._progress = progress
-        self._handlers = Handlers(config, self.index)
+        self._handlers = Handlers(config, self.index, keep_operations)
         self._listener: Any = None
         self.watcher: Watcher | None = None
 
@@ -138,6 +143,12 @@ class Server:
     @property
     def ae_title(self) -> str:
         return self.config.ae_title
+
+    @property
+    def operations(self) -> Operations:
+        """Every request served so far, oldest first, each recorded before its final response
+        was sent: a thread-safe, append-only sequence of frozen `Served` records."""
+        return self._handlers.operations
 
     # -- start-up ---------------------------------------------------------------------------
 

@@ -118,8 +118,9 @@ def test_the_config_in_the_working_directory_is_used(serve: type[Running], tmp_p
         ("prot: 104\n", "fsqr.yaml: prot:"),
         ("ae_table:\n  X: {host: 1.2.3.4, port: 0}\n", "fsqr.yaml: ae_table.X.port:"),
         ("port: [1\n", "invalid YAML"),
+        ("faults:\n  - {operation: find, status: 0124}\n", "fsqr.yaml: faults[0].status:"),
     ],
-    ids=["wrong-type", "unknown-key", "bad-peer-port", "unreadable-yaml"],
+    ids=["wrong-type", "unknown-key", "bad-peer-port", "unreadable-yaml", "bad-fault-status"],
 )
 def test_a_bad_config_exits_2_with_one_line(tmp_path: Path, config: str, expected: str) -> None:
     (tmp_path / "fsqr.yaml").write_text(config)
@@ -160,6 +161,15 @@ def test_json_logs_are_one_object_per_line(serve: type[Running]) -> None:
     assert any("listening on 127.0.0.1:" in r["message"] for r in records)
     assert any(r["message"].startswith("C-ECHO from CLITEST") for r in records)
     assert {"time", "level", "logger", "message"} <= set(records[0])
+    # The request's record (fsqr/operations.py) and the association's summary, as objects.
+    (echoed,) = [r["operation"] for r in records if "operation" in r]
+    assert (echoed["operation"], echoed["calling_ae"], echoed["status"]) == (
+        "C-ECHO",
+        "CLITEST",
+        "0000",
+    )
+    (summary,) = [r["association"] for r in records if "association" in r]
+    assert (summary["calling_ae"], summary["operations"]) == ("CLITEST", 1)
 
 
 def test_version() -> None:

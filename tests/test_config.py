@@ -81,7 +81,10 @@ BAD = [
     ("relational_queries: yes", "relational_queries: must be true or false, got 'yes'"),
     ("read_only: 1", "read_only: must be true or false, got 1"),
     ("allow_get_without_role_selection: on", "allow_get_without_role_selection: must be true"),
-    ("timeouts: 30", "timeouts: must be a mapping with the keys acse, dimse, store_response, network, connect"),
+    (
+        "timeouts: 30",
+        "timeouts: must be a mapping with the keys acse, dimse, store_response, network, connect",
+    ),
     ("timeouts: {dimes: 5}", "timeouts.dimes: unknown key (did you mean 'dimse'?)"),
     ("timeouts: {acse: 0}", "timeouts.acse: must be a positive number of seconds, got 0"),
     ("timeouts: {network: -1}", "timeouts.network: must be a positive number of seconds"),

@@ -20,5 +20,6 @@ def test_it_names_what_the_server_does() -> None:
         "| ModalitiesInStudy | (0008,0061) | CS | computed |",
         "| C-MOVE, C-GET | A801 | MOVE_DESTINATION_UNKNOWN |",
         "`ISO 2022 IR 87`",
+        "`faults:` in fsqr.yaml",
     ):
         assert expected in text

@@ -403,10 +403,15 @@ def _between_listening_and_stop(lines: list[str]) -> list[str]:
     return [line.rstrip("\n") for line in lines[start + 1 : stop]]
 
 
-def test_without_explain_the_log_is_one_line_per_operation(
+def test_without_explain_the_log_is_one_line_per_operation_and_association(
     tmp_path: Path, destination: Destination
 ) -> None:
-    lines = _between_listening_and_stop(_serve_and_use(tmp_path, destination))
+    logged = _serve_and_use(tmp_path, destination)
+    # The association's line comes from its own thread, maybe only after SIGTERM.
+    ended = [line for line in logged if "association with CLITEST@127.0.0.1:" in line]
+    assert len(ended) == 1, "".join(logged)
+    assert "ended: released, 3 operations," in ended[0]
+    lines = [line for line in _between_listening_and_stop(logged) if line != ended[0].rstrip()]
     assert len(lines) == 3, "\n".join(lines)
     assert "C-ECHO from CLITEST" in lines[0]
     assert "C-FIND STUDY" in lines[1] and "1 matches" in lines[1]

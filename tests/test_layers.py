@@ -29,6 +29,8 @@ ALLOWED = {
     "storage": LEAVES | {"index", "scan", "config"},
     "watch": LEAVES | {"index", "scan", "config"},
     "security": {"config"},
+    "faults": LEAVES | {"config"},  # which fault rule applies, and what it does; pure
+    "operations": set(),  # the record of the operations served
     "handlers": LEAVES
     | {
         "config",
@@ -40,9 +42,12 @@ ALLOWED = {
         "worklist",
         "security",
         "explain",
+        "faults",
+        "operations",
         "reactor",
     },
-    "server": LEAVES | {"config", "handlers", "index", "scan", "watch", "storage", "security"},
+    "server": LEAVES
+    | {"config", "handlers", "index", "scan", "watch", "storage", "security", "operations"},
     "reactor": set(),  # pynetdicom's association loops, waiting instead of polling
     "inventory": LEAVES | {"scan"},
     "worklist": LEAVES | {"matching", "scan"},

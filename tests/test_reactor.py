@@ -109,6 +109,7 @@ def test_the_pynetdicom_internals_the_loops_use_are_still_there() -> None:
     assert dul.state_machine.current_state == "Sta1"
     assert callable(assoc._run_reactor) and callable(assoc._serve_request)
     assert assoc._kill is False
+    assert assoc._sent_abort is False
     assert isinstance(assoc._is_paused, bool)
     assert isinstance(assoc._reactor_checkpoint, threading.Event)
     assert isinstance(assoc._dul_ready, threading.Event)

@@ -14,10 +14,12 @@ def python_blocks(markdown: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", markdown, flags=re.DOTALL)
 
 
-def test_the_plugin_example_passes_in_a_project_of_its_own(tmp_path: Path) -> None:
+def test_the_plugin_examples_pass_in_a_project_of_their_own(tmp_path: Path) -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    (example,) = [b for b in python_blocks(readme) if "fsqr_server_factory" in b]
-    (tmp_path / "test_example.py").write_text(example, encoding="utf-8")
+    examples = [b for b in python_blocks(readme) if "fsqr_server_factory" in b]
+    assert len(examples) == 2  # a test PACS; fsqr as a test double
+    for n, example in enumerate(examples):
+        (tmp_path / f"test_example_{n}.py").write_text(example, encoding="utf-8")
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider"],
         cwd=tmp_path,  # another project: only the installed plugin gives it the fixture
@@ -27,4 +29,4 @@ def test_the_plugin_example_passes_in_a_project_of_its_own(tmp_path: Path) -> No
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 passed" in done.stdout
+    assert f"{len(examples)} passed" in done.stdout
