@@ -18,6 +18,7 @@ import functools
 import logging
 import queue
 import socket
+import struct
 import threading
 import time
 import weakref
@@ -30,8 +31,9 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from pynetdicom import build_context, evt
-from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode as encode_dataset
+from pynetdicom.pdu_primitives import P_DATA
 
 from fsqr import explain, faults, reactor, retrieve, security, status
 from fsqr.config import Config, Operation, Peer
@@ -102,6 +104,78 @@ def set_nodelay(event: Any) -> None:
 
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         transport.recv = recv_and_ack
+
+
+# -- pending C-FIND responses, one PDU each ------------------------------------------------
+#
+# pynetdicom sends every DIMSE message as at least two P-DATA-TF PDUs, its command set in one
+# and its data set in the next, and builds the command set as a pydicom Dataset each time. A
+# C-FIND answers a query with one pending response per match (PS3.4 C.4.1.2.2), so that doubles
+# the PDUs both ends must read and handle. PS3.8 9.3.5 lets one P-DATA-TF carry several PDVs:
+# fsqr sends each pending response's command set, encoded directly (PS3.7 9.3.2.2, E.1), and
+# its identifier together in one PDU whenever it fits in the peer's Maximum Length (PS3.8 D.1).
+# Every other message goes pynetdicom's way.
+
+_C_FIND_RSP = 0x8020  # PS3.7 E.1: Command Field of C-FIND-RSP
+_DATA_SET_PRESENT = 0x0001  # PS3.7 E.1: Command Data Set Type; anything but 0x0101, as pynetdicom
+_PENDING = (0xFF00, 0xFF01)
+_PDV_HEADER = 6  # PS3.8 9.3.5.1: item length (4), presentation context ID (1), control header (1)
+_US = struct.Struct("<H")
+
+
+def _command_element(element: int, value: bytes) -> bytes:
+    """One element of group 0000, Implicit VR Little Endian (PS3.7 6.3.1)."""
+    return struct.pack("<HHI", 0x0000, element, len(value)) + value
+
+
+def find_pending_command(sop_class_uid: str, message_id: int, code: int) -> bytes:
+    """The command set of a pending C-FIND-RSP with an identifier (PS3.7 9.3.2.2).
+
+    >>> command = find_pending_command("1.2", 7, 0xFF00)
+    >>> len(command), command[8:12].hex()  # (0000,0000) UL: the 52 bytes that follow it
+    (64, '34000000')
+    """
+    uid = sop_class_uid.encode("ascii")
+    body = b"".join(
+        (
+            _command_element(0x0002, uid + b"\0" * (len(uid) % 2)),  # UI, padded with NUL
+            _command_element(0x0100, _US.pack(_C_FIND_RSP)),
+            _command_element(0x0120, _US.pack(message_id)),
+            _command_element(0x0800, _US.pack(_DATA_SET_PRESENT)),
+            _command_element(0x0900, _US.pack(code)),
+        )
+    )
+    return _command_element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def send_find_answers_in_one_pdu(event: Any) -> None:
+    """EVT_CONN_OPEN: pending C-FIND responses of this association go as one PDU each."""
+    assoc = event.assoc
+    if not assoc.is_acceptor:
+        return
+    send_msg = assoc.dimse.send_msg  # pynetdicom's, for everything else
+
+    def send(primitive: Any, context_id: int) -> None:
+        identifier = primitive.Identifier if isinstance(primitive, C_FIND) else None
+        if identifier is not None and primitive.Status in _PENDING:
+            command = find_pending_command(
+                str(primitive.AffectedSOPClassUID),
+                int(primitive.MessageIDBeingRespondedTo),
+                int(primitive.Status),
+            )
+            data = identifier.getvalue()
+            limit = assoc.dimse.maximum_pdu_size  # the peer's; 0 is no limit
+            if not limit or 2 * _PDV_HEADER + len(command) + len(data) <= limit:
+                pdata = P_DATA()
+                pdata.presentation_data_value_list = [
+                    [context_id, b"\x03" + command],  # command, last fragment
+                    [context_id, b"\x02" + data],  # data set, last fragment
+                ]
+                assoc.dul.send_pdu(pdata)
+                return
+        send_msg(primitive, context_id)
+
+    assoc.dimse.send_msg = send
 
 
 def _identifier(event: Any) -> Dataset:
@@ -852,6 +926,7 @@ class Handlers:
         return [
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_CONN_OPEN, send_find_answers_in_one_pdu),
             (evt.EVT_CONN_OPEN, self.take_retrieve_requests),
             (evt.EVT_CONN_OPEN, self.limit_pdu_size),
             (evt.EVT_DIMSE_RECV, self.cancels.on_dimse_recv),

@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.dimse_messages import C_FIND_RSP
 from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dsutils import encode
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
@@ -23,6 +25,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from fsqr import handlers
 from fsqr.index import SeriesView
 from fsqr.keys import Level
 from fsqr.server import Server
@@ -324,3 +327,68 @@ def _drain(assoc: Any) -> tuple[int, int]:
             pending += 1
             continue
         return pending, code
+
+
+# -- pending responses, one PDU each (handlers.send_find_answers_in_one_pdu) ------------------
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "message_id", "code"),
+    [(STUDY_ROOT, 1, 0xFF00), (PATIENT_ROOT, 65535, 0xFF01), ("1.2.3", 300, 0xFF00)],
+    ids=["study-root", "patient-root-warning", "odd-length-uid"],
+)
+def test_the_pending_command_set_is_pynetdicoms_to_the_byte(
+    sop_class: str, message_id: int, code: int
+) -> None:
+    primitive = C_FIND()
+    primitive.MessageIDBeingRespondedTo = message_id
+    primitive.AffectedSOPClassUID = sop_class
+    primitive.Status = code
+    primitive.Identifier = BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
+    message = C_FIND_RSP()
+    message.primitive_to_message(primitive)
+    expected = encode(message.command_set, True, True)
+    assert handlers.find_pending_command(sop_class, message_id, code) == expected
+
+
+def pdus_of_a_query(server: Server, max_pdu: int, **keys: Any) -> tuple[list[int], int]:
+    """The PDV count of each P-DATA-TF PDU a C-FIND's responses came in, and the matches."""
+    pdvs: list[int] = []
+
+    def received(event: Any) -> None:
+        if isinstance(event.pdu, P_DATA_TF):
+            pdvs.append(len(event.pdu.presentation_data_value_items))
+
+    ae = AE(ae_title="PDUCOUNT")
+    ae.add_requested_context(STUDY_ROOT)
+    client = ae.associate(
+        "127.0.0.1",
+        server.port,
+        ae_title="FSQR",
+        max_pdu=max_pdu,
+        evt_handlers=[(evt.EVT_PDU_RECV, received)],
+    )
+    assert client.is_established
+    statuses, answers = query(client, **keys)
+    client.release()
+    assert statuses[-1] == 0x0000
+    return pdvs, len(answers)
+
+
+def test_each_pending_response_comes_in_one_pdu(sample_server: Server) -> None:
+    pdvs, matches = pdus_of_a_query(
+        sample_server, 16382, QueryRetrieveLevel="STUDY", PatientName="*", StudyInstanceUID=""
+    )
+    assert matches >= 5
+    assert pdvs == [2] * matches + [1]  # command and identifier together; the final alone
+
+
+def test_a_pending_response_larger_than_the_peers_pdus_is_sent_in_fragments(
+    sample_server: Server,
+) -> None:
+    pdvs, matches = pdus_of_a_query(
+        sample_server, 128, QueryRetrieveLevel="STUDY", PatientName="*", StudyInstanceUID=""
+    )
+    assert matches >= 5
+    assert len(pdvs) > 2 * matches + 1
+    assert set(pdvs) == {1}
