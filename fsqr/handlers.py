@@ -167,10 +167,9 @@ def send_find_answers_in_one_pdu(event: Any) -> None:
             limit = assoc.dimse.maximum_pdu_size  # the peer's; 0 is no limit
             if not limit or 2 * _PDV_HEADER + len(command) + len(data) <= limit:
                 pdata = P_DATA()
-                pdata.presentation_data_value_list = [
-                    [context_id, b"\x03" + command],  # command, last fragment
-                    [context_id, b"\x02" + data],  # data set, last fragment
-                ]
+                pdvs = pdata.presentation_data_value_list  # appended to, as pynetdicom does
+                pdvs.append((context_id, b"\x03" + command))  # command, last fragment
+                pdvs.append((context_id, b"\x02" + data))  # data set, last fragment
                 assoc.dul.send_pdu(pdata)
                 return
         send_msg(primitive, context_id)
