@@ -106,26 +106,45 @@ def set_nodelay(event: Any) -> None:
         transport.recv = recv_and_ack
 
 
-# -- pending C-FIND responses, one PDU each ------------------------------------------------
+# -- small messages, one PDU each ----------------------------------------------------------
 #
 # pynetdicom sends every DIMSE message as at least two P-DATA-TF PDUs, its command set in one
 # and its data set in the next, and builds the command set as a pydicom Dataset each time. A
-# C-FIND answers a query with one pending response per match (PS3.4 C.4.1.2.2), so that doubles
-# the PDUs both ends must read and handle. PS3.8 9.3.5 lets one P-DATA-TF carry several PDVs:
-# fsqr sends each pending response's command set, encoded directly (PS3.7 9.3.2.2, E.1), and
-# its identifier together in one PDU whenever it fits in the peer's Maximum Length (PS3.8 D.1).
-# Every other message goes pynetdicom's way.
+# C-FIND answers with one pending response per match (PS3.4 C.4.1.2.2) and a C-MOVE sends one
+# C-STORE per instance, so that doubles the PDUs both ends must read and handle. PS3.8 9.3.5
+# lets one P-DATA-TF carry several PDVs: fsqr encodes these command sets itself (PS3.7 6.3.1,
+# E.1; byte for byte what pynetdicom writes, which tests check) and sends each with its data set
+# in one PDU whenever both fit in the peer's Maximum Length (PS3.8 D.1). Anything larger goes
+# pynetdicom's way, in fragments.
 
-_C_FIND_RSP = 0x8020  # PS3.7 E.1: Command Field of C-FIND-RSP
+_C_FIND_RSP = 0x8020  # PS3.7 E.1: Command Field values
+_C_STORE_RQ = 0x0001
 _DATA_SET_PRESENT = 0x0001  # PS3.7 E.1: Command Data Set Type; anything but 0x0101, as pynetdicom
 _PENDING = (0xFF00, 0xFF01)
 _PDV_HEADER = 6  # PS3.8 9.3.5.1: item length (4), presentation context ID (1), control header (1)
+_ONE_PDU_AT_MOST = 1 << 16  # bytes of data set read whole when the peer sets no PDU limit
 _US = struct.Struct("<H")
 
 
 def _command_element(element: int, value: bytes) -> bytes:
     """One element of group 0000, Implicit VR Little Endian (PS3.7 6.3.1)."""
     return struct.pack("<HHI", 0x0000, element, len(value)) + value
+
+
+def _command_set(*elements: tuple[int, bytes]) -> bytes:
+    """A command set: (0000,0000) Command Group Length, then `elements` in tag order."""
+    body = b"".join(_command_element(element, value) for element, value in elements)
+    return _command_element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def _uid(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b"\0" * (len(raw) % 2)  # PS3.5 6.2: UI is padded with NUL
+
+
+def _ae(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b" " * (len(raw) % 2)  # PS3.5 6.2: AE is padded with a space
 
 
 def find_pending_command(sop_class_uid: str, message_id: int, code: int) -> bytes:
@@ -135,17 +154,49 @@ def find_pending_command(sop_class_uid: str, message_id: int, code: int) -> byte
     >>> len(command), command[8:12].hex()  # (0000,0000) UL: the 52 bytes that follow it
     (64, '34000000')
     """
-    uid = sop_class_uid.encode("ascii")
-    body = b"".join(
-        (
-            _command_element(0x0002, uid + b"\0" * (len(uid) % 2)),  # UI, padded with NUL
-            _command_element(0x0100, _US.pack(_C_FIND_RSP)),
-            _command_element(0x0120, _US.pack(message_id)),
-            _command_element(0x0800, _US.pack(_DATA_SET_PRESENT)),
-            _command_element(0x0900, _US.pack(code)),
-        )
+    return _command_set(
+        (0x0002, _uid(sop_class_uid)),
+        (0x0100, _US.pack(_C_FIND_RSP)),
+        (0x0120, _US.pack(message_id)),
+        (0x0800, _US.pack(_DATA_SET_PRESENT)),
+        (0x0900, _US.pack(code)),
     )
-    return _command_element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def store_request_command(
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    message_id: int,
+    priority: int,
+    originator: tuple[str, int] | None,
+) -> bytes:
+    """The command set of a C-STORE-RQ (PS3.7 9.3.1.1), with the Move Originator's AE title and
+    Message ID when it is a C-MOVE sub-operation (PS3.7 9.1.1.1)."""
+    elements = [
+        (0x0002, _uid(sop_class_uid)),
+        (0x0100, _US.pack(_C_STORE_RQ)),
+        (0x0110, _US.pack(message_id)),
+        (0x0700, _US.pack(priority)),
+        (0x0800, _US.pack(_DATA_SET_PRESENT)),
+        (0x1000, _uid(sop_instance_uid)),
+    ]
+    if originator is not None:
+        elements += [(0x1030, _ae(originator[0])), (0x1031, _US.pack(originator[1]))]
+    return _command_set(*elements)
+
+
+def _room_in_one_pdu(assoc: Any, command: bytes) -> int:
+    """How many data set bytes fit in one PDU with `command` (the peer's Maximum Length)."""
+    limit = assoc.dimse.maximum_pdu_size or _ONE_PDU_AT_MOST  # 0: the peer sets no limit
+    return limit - 2 * _PDV_HEADER - len(command)
+
+
+def _send_in_one_pdu(assoc: Any, context_id: int, command: bytes, data: bytes) -> None:
+    pdata = P_DATA()
+    pdvs = pdata.presentation_data_value_list  # appended to, as pynetdicom does
+    pdvs.append((context_id, b"\x03" + command))  # command, last fragment
+    pdvs.append((context_id, b"\x02" + data))  # data set, last fragment
+    assoc.dul.send_pdu(pdata)
 
 
 def send_find_answers_in_one_pdu(event: Any) -> None:
@@ -164,13 +215,8 @@ def send_find_answers_in_one_pdu(event: Any) -> None:
                 int(primitive.Status),
             )
             data = identifier.getvalue()
-            limit = assoc.dimse.maximum_pdu_size  # the peer's; 0 is no limit
-            if not limit or 2 * _PDV_HEADER + len(command) + len(data) <= limit:
-                pdata = P_DATA()
-                pdvs = pdata.presentation_data_value_list  # appended to, as pynetdicom does
-                pdvs.append((context_id, b"\x03" + command))  # command, last fragment
-                pdvs.append((context_id, b"\x02" + data))  # data set, last fragment
-                assoc.dul.send_pdu(pdata)
+            if len(data) <= _room_in_one_pdu(assoc, command):
+                _send_in_one_pdu(assoc, context_id, command, data)
                 return
         send_msg(primitive, context_id)
 
@@ -506,6 +552,18 @@ class _StoreSender:
 
     def store(self, context_id: int, outgoing: retrieve.Outgoing) -> retrieve.Stored:
         self._message_id = self._message_id % 65535 + 1  # PS3.7 9.3.1.1: Message ID is US
+        command = store_request_command(
+            outgoing.sop_class_uid,
+            outgoing.sop_instance_uid,
+            self._message_id,
+            self._priority,
+            self._originator,
+        )
+        if outgoing.size <= _room_in_one_pdu(self.assoc, command):
+            data = retrieve.data_set_bytes(outgoing)
+            if data is not None:
+                _send_in_one_pdu(self.assoc, context_id, command, data)
+                return self._response_to(self._message_id)
         req = C_STORE()
         req.MessageID = self._message_id
         req.AffectedSOPClassUID = outgoing.sop_class_uid

@@ -228,6 +228,20 @@ class Outgoing:
     size: int  # bytes of the data set
 
 
+def data_set_bytes(outgoing: Outgoing) -> bytes | None:
+    """The whole data set in memory (for a small one); None if the file no longer holds it."""
+    payload = outgoing.payload
+    if isinstance(payload, Encoded):
+        return payload.data
+    try:
+        with open(payload.path, "rb") as fp:
+            fp.seek(payload.offset)
+            data = fp.read(outgoing.size + 1)
+    except OSError:
+        return None
+    return data if len(data) == outgoing.size else None
+
+
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 

@@ -30,7 +30,10 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_role, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelGet,
@@ -166,6 +169,7 @@ class Destination:
     received: dict[str, Received] = field(default_factory=dict)
     associations: int = 0
     connections: int = 0
+    pdvs: list[int] = field(default_factory=list)  # how many PDVs each P-DATA-TF carried
     arrived: threading.Event = field(default_factory=threading.Event)
     _server: Any = None
 
@@ -180,6 +184,7 @@ class Destination:
                 (evt.EVT_C_STORE, self._on_store),
                 (evt.EVT_ACCEPTED, self._on_accepted),
                 (evt.EVT_CONN_OPEN, self._on_connection),
+                (evt.EVT_PDU_RECV, self._on_pdu),
             ],
         )
         return self
@@ -201,6 +206,10 @@ class Destination:
 
     def _on_connection(self, event: Any) -> None:
         self.connections += 1
+
+    def _on_pdu(self, event: Any) -> None:
+        if isinstance(event.pdu, P_DATA_TF):
+            self.pdvs.append(len(event.pdu.presentation_data_value_items))
 
     def _on_store(self, event: Any) -> int:
         request = event.request
@@ -954,3 +963,48 @@ def test_the_pynetdicom_internals_fsqr_relies_on_are_still_there() -> None:
     assert hasattr(assoc.dimse, "msg_queue")
     assert isinstance(assoc.dimse.cancel_req, dict)
     assert C_STORE()._dataset_path is None
+
+
+# -- small C-STOREs, one PDU each (handlers.store_request_command) ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("originator", "message_id", "priority"),
+    [(("MOVESCU", 7), 1, 0), (("ODD", 65535), 300, 2), (None, 9, 1)],
+    ids=["c-move", "odd-length-ae-title", "c-get"],
+)
+def test_the_store_command_set_is_pynetdicoms_to_the_byte(
+    originator: tuple[str, int] | None, message_id: int, priority: int
+) -> None:
+    request = C_STORE()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    request.AffectedSOPInstanceUID = "1.2.3.4.5"
+    request.Priority = priority
+    if originator is not None:
+        request.MoveOriginatorApplicationEntityTitle = originator[0]
+        request.MoveOriginatorMessageID = originator[1]
+    request.DataSet = BytesIO(b"\x08\x00\x18\x00\x0a\x00\x00\x001.2.3.4.5\x00")
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    expected = encode(message.command_set, True, True)
+    made = handlers.store_request_command(
+        "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5", message_id, priority, originator
+    )
+    assert made == expected
+
+
+def test_small_instances_arrive_in_one_pdu_each_and_whole(
+    own_sample: Sample, start_server: Callable[..., Server], destination: Callable[..., Destination]
+) -> None:
+    dest = destination()
+    server = start_server(own_sample.root, ae_table={"DEST": dest.entry()})
+    study, uids = max(own_sample.studies().items(), key=lambda item: len(item[1]))
+    last, _ = final(move(server, identifier("STUDY", StudyInstanceUID=study), "DEST"))
+    assert last.Status == status.SUCCESS
+    small = [uid for uid in uids if own_sample.paths()[uid].stat().st_size < 16_000]
+    assert small, "the study has instances that fit in one of the destination's PDUs"
+    assert dest.pdvs.count(2) == len(small)  # a C-STORE-RQ's command and data set together
+    for uid in uids:
+        received = dest.received[uid]
+        assert_same_instance(received.transfer_syntax, received.data, own_sample.paths()[uid])
