@@ -30,8 +30,8 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_role, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RSP, C_STORE_RQ
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -1008,3 +1008,21 @@ def test_small_instances_arrive_in_one_pdu_each_and_whole(
     for uid in uids:
         received = dest.received[uid]
         assert_same_instance(received.transfer_syntax, received.data, own_sample.paths()[uid])
+
+
+@pytest.mark.parametrize("primitive", [C_MOVE, C_GET], ids=["c-move", "c-get"])
+def test_the_pending_retrieve_command_set_is_pynetdicoms_to_the_byte(primitive: type) -> None:
+    response = primitive()
+    response.MessageIDBeingRespondedTo = 513
+    response.AffectedSOPClassUID = STUDY_MOVE
+    response.Status = status.PENDING
+    response.NumberOfRemainingSuboperations = 65535
+    response.NumberOfCompletedSuboperations = 2
+    response.NumberOfFailedSuboperations = 1
+    response.NumberOfWarningSuboperations = 0
+    message = (C_MOVE_RSP if primitive is C_MOVE else C_GET_RSP)()
+    message.primitive_to_message(response)
+    expected = encode(message.command_set, True, True)
+    field = 0x8021 if primitive is C_MOVE else 0x8010
+    made = handlers.retrieve_pending_command(field, STUDY_MOVE, 513, (65535, 2, 1, 0))
+    assert made == expected

@@ -3,6 +3,7 @@ with DCMTK's tools as the peers so that every pynetdicom thread in this process 
 
 from __future__ import annotations
 
+import logging
 import queue
 import sys
 import threading
@@ -11,13 +12,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
 from fsqr.server import Server
 from fsqr.synthetic import write_sample_data
 from tests import test_interop_retrieve
+from tests.helpers import wait_until
 from tests.test_interop_retrieve import received_files, run_dcmtk
 
 storescp = test_interop_retrieve.storescp  # the fixture, shared
@@ -115,3 +117,33 @@ def test_the_pynetdicom_internals_the_loops_use_are_still_there() -> None:
     assert isinstance(assoc._dul_ready, threading.Event)
     assert assoc.network_timeout_response in ("A-ABORT", "A-RELEASE")
     assert callable(AE()._create_socket)
+
+
+def test_pynetdicoms_message_logs_are_unbound_while_nobody_would_see_them(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """pynetdicom describes every message and PDU in its log whether or not the lines are kept;
+    fsqr unbinds those handlers unless pynetdicom's logger would keep their lines."""
+    pynetdicom_log = logging.getLogger("pynetdicom")
+    server = start_server(tmp_path)
+    bound = {}
+    for level in (logging.WARNING, logging.DEBUG):
+        pynetdicom_log.setLevel(level)
+        try:
+            client = AE()
+            client.add_requested_context("1.2.840.10008.1.1")
+            assoc = client.associate("127.0.0.1", server.port, ae_title=server.ae_title)
+            assert assoc.is_established
+            (served,) = server._listener.active_associations
+            bound[level] = {
+                handler.__name__
+                for event in (evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT, evt.EVT_PDU_RECV)
+                for handler, _ in served.get_handlers(event)
+            }
+            assoc.release()
+            assert wait_until(lambda: not server._listener.active_associations)
+        finally:
+            pynetdicom_log.setLevel(logging.NOTSET)
+    standard = {"standard_dimse_recv_handler", "standard_dimse_sent_handler"}
+    assert not bound[logging.WARNING] & (standard | {"standard_pdu_recv_handler"})
+    assert standard | {"standard_pdu_recv_handler"} <= bound[logging.DEBUG]
