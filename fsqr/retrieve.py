@@ -204,9 +204,13 @@ class FromFile:
     def unchanged(self) -> bool:
         """True if the file at `path` is still the one checked before sending."""
         try:
-            return _identity(os.stat(self.path)) == self.identity
+            return self.is_the_file(os.stat(self.path))
         except OSError:
             return False
+
+    def is_the_file(self, st: os.stat_result) -> bool:
+        """True if `st` is the stat of the file checked before sending, as it was then."""
+        return _identity(st) == self.identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -718,9 +722,11 @@ def _send(
     stored = link.store(outgoing)
     result = category(stored.status)
     if isinstance(outgoing.payload, FromFile) and not outgoing.payload.unchanged():
-        # The peer may have received part of one file and part of another.
+        # The link sent the file as checked, or held it back (see handlers._StoreSender); either
+        # way it is not what the file is now: failed, and the index follows the file.
         failures.add(instance, "the file changed while it was being sent")
         result = Category.FAILED
+        _index_as_now(instance.path, index)
     elif result is Category.FAILED:
         reason = stored.comment or "no reason given"
         if stored.status is not None:
@@ -733,6 +739,15 @@ def _send(
         tally, instance, outgoing=outgoing, code=stored.status, result=result, reason=stored.comment
     )
     return stored
+
+
+def _index_as_now(path: str, index: Index) -> None:
+    """Index the file at `path` as it is now: another instance, or nothing servable."""
+    now = read_header(path)
+    if isinstance(now, Parsed):
+        index.add(now)
+    else:
+        index.remove_path(path)
 
 
 def _explain(
