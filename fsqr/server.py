@@ -14,6 +14,7 @@ during start-up is lost.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -32,6 +33,8 @@ from fsqr.security import server_context
 from fsqr.watch import Watcher
 
 log = logging.getLogger(__name__)
+
+STOP_GRACE = 5.0  # seconds that handlers still at work get to finish when the server stops
 
 Progress = Callable[[int, int], None]
 
@@ -104,8 +107,15 @@ class Server:
             # pynetdicom leaves open associations running, and the process alive, until each
             # ends or its network timeout passes: end them (A-ABORT). Writes are atomic, so an
             # aborted C-STORE leaves no partial file.
-            for assoc in self._listener.active_associations:
+            active = self._listener.active_associations
+            for assoc in active:
                 assoc.abort()
+            # A handler still at work, a C-STORE being written say, finishes before stop()
+            # returns: the process may end right after, taking any thread with it mid-write.
+            deadline = time.monotonic() + STOP_GRACE
+            for assoc in active:
+                if assoc is not threading.current_thread():
+                    assoc.join(max(deadline - time.monotonic(), 0))
             self._listener = None
             log.info("stopped")
         self._stop_watcher()

@@ -30,7 +30,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from fsqr import retrieve, status
+from fsqr import retrieve, status, storage
 from fsqr.records import Parsed
 from fsqr.scan import TEMP_PREFIX, is_candidate_name, read_header
 from fsqr.server import Server
@@ -418,3 +418,34 @@ def test_a_file_cut_short_while_it_is_read_is_never_delivered_as_complete(
     assert dest.associations == 2
     assert server.index.instance(victim) is None
     assert_serving_the_truth(server.port, own_sample.root, broken_by_the_test=paths[victim])
+
+
+def test_stop_waits_for_a_c_store_being_written(
+    tmp_path: Path, start_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = start_server(tmp_path, watch="off")
+    writing, written = threading.Event(), threading.Event()
+    write_atomic = storage.write_atomic
+
+    def write_once_aborted(*args: Any, **kwargs: Any) -> os.stat_result:
+        writing.set()
+        association = threading.current_thread()  # pynetdicom runs handlers in its thread
+        assert wait_until(lambda: association.is_aborted, SECONDS)  # type: ignore[attr-defined]
+        try:
+            return write_atomic(*args, **kwargs)
+        finally:
+            written.set()
+
+    monkeypatch.setattr(storage, "write_atomic", write_once_aborted)
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="FSQR")
+    assert assoc.is_established
+    sending = threading.Thread(target=assoc.send_c_store, args=(instance(),))
+    sending.start()
+    assert writing.wait(SECONDS)
+    server.stop()  # what SIGTERM does; the process could end right after this returns
+    assert written.is_set(), "stop() returned with a C-STORE still being written"
+    sending.join(SECONDS)
+    (stored,) = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert isinstance(read_header(str(stored)), Parsed)
