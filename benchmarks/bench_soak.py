@@ -8,6 +8,9 @@ Each client opens an association, sends 20 requests chosen at random, releases i
 another, until the time is up. Reports requests/s, p50/p99 latency per operation, failures
 (target: zero), instances stored vs findable afterwards (target: equal), and the server's RSS at
 start and end. The server runs in its own process, as users run it. Nothing here is a test.
+
+The clients are pynetdicom SCUs, whose own reactor threads may take a response meant for the
+request they just sent; `HandBack` gives such responses back and the report counts them.
 """
 
 from __future__ import annotations
