@@ -117,6 +117,14 @@ def an_item_longer_than_the_file(path: Path) -> Path:
     return edit(write_instance(ds, path), break_it)
 
 
+def cut_inside_a_sequence(path: Path) -> Path:
+    ds = hostile(11)
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.3"
+    ds.ReferencedImageSequence = [item]
+    return edit(write_instance(ds, path), lambda b: b[: element_at(b, 0x00081140, b"SQ") + 20])
+
+
 def a_us_value_3_bytes_long(path: Path) -> Path:
     def lengthen(data: bytes) -> bytes:
         at = element_at(data, 0x00280010, b"US")  # Rows: US is 2 bytes a value (PS3.5 6.2)
@@ -151,6 +159,7 @@ CASES = [
     Case(a_10_mib_long_string, ""),
     Case(sequence_nested_200_deep, "cannot be read: RecursionError"),
     Case(an_item_longer_than_the_file, ""),  # a sequence not indexed: stepped over whole
+    Case(cut_inside_a_sequence, "no StudyInstanceUID"),  # the UIDs come after it
     Case(a_us_value_3_bytes_long, "cannot be read: BytesLengthException"),
     Case(cut_before_the_pixel_data, NO_PIXEL_DATA),
     Case(cut_in_the_pixel_data, TRUNCATED),
