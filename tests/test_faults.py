@@ -381,7 +381,32 @@ def test_a_file_changed_during_its_send_fails_or_goes_whole_and_the_index_follow
     assert_serving_the_truth(server.port, own_sample.root, broken_by_the_test=paths[victim])
 
 
-def test_a_file_cut_short_while_it_is_read_is_never_delivered_as_complete(
+def cut_the_second_file_while_it_is_sent(
+    monkeypatch: pytest.MonkeyPatch, paths: dict[str, Path]
+) -> list[str]:
+    """Cut the file of the second C-STORE request sent short, once its command has gone and
+    before its data set is read; returns the SOP Instance UID it cut, once it has."""
+    cut: list[str] = []
+    requests = 0
+    encode_msg = C_STORE_RQ.encode_msg
+
+    def cut_while_sending(message: C_STORE_RQ, context_id: int, max_pdu: int) -> Iterator[Any]:
+        nonlocal requests
+        for n, pdata in enumerate(encode_msg(message, context_id, max_pdu)):
+            yield pdata
+            if n == 0:
+                requests += 1
+                if requests == 2:
+                    cut.append(str(message.command_set.AffectedSOPInstanceUID))
+                    path = paths[cut[0]]
+                    with open(path, "r+b") as fp:
+                        fp.truncate(path.stat().st_size // 2)
+
+    monkeypatch.setattr(C_STORE_RQ, "encode_msg", cut_while_sending)
+    return cut
+
+
+def test_a_file_cut_short_while_a_c_move_reads_it_is_never_delivered_as_complete(
     own_sample: Sample,
     start_server: Callable[..., Server],
     destination: Callable[..., Destination],
@@ -391,24 +416,10 @@ def test_a_file_cut_short_while_it_is_read_is_never_delivered_as_complete(
     paths = own_sample.paths()
     whole = {uid: retrieve_tests.data_set_bytes(paths[uid])[1] for uid in uids}
     dest = destination()
-    victims: list[str] = []
-
-    encode_msg = C_STORE_RQ.encode_msg
-
-    def cut_while_sending(message: C_STORE_RQ, context_id: int, max_pdu: int) -> Iterator[Any]:
-        """The second instance's file is cut short once its command has gone."""
-        for n, pdata in enumerate(encode_msg(message, context_id, max_pdu)):
-            yield pdata
-            if n == 0 and len(dest.received) == 1 and not victims:
-                victims.append(str(message.command_set.AffectedSOPInstanceUID))
-                path = paths[victims[0]]
-                with open(path, "r+b") as fp:
-                    fp.truncate(path.stat().st_size // 2)
-
-    monkeypatch.setattr(C_STORE_RQ, "encode_msg", cut_while_sending)
+    cut = cut_the_second_file_while_it_is_sent(monkeypatch, paths)
     server = start_server(own_sample.root, ae_table={"DEST": dest.entry()}, watch="off")
     last, failed = final(move(server, identifier("STUDY", StudyInstanceUID=study), "DEST"))
-    (victim,) = victims
+    (victim,) = cut
     # The sub-association was aborted before the last fragment; a new one took the rest.
     assert last.Status == status.SUBOPS_WITH_FAILURES
     assert counts(last)[1:] == (len(uids) - 1, 1, 0)
@@ -416,6 +427,31 @@ def test_a_file_cut_short_while_it_is_read_is_never_delivered_as_complete(
     assert set(dest.received) == set(uids) - {victim}
     assert all(got.data == whole[uid] for uid, got in dest.received.items())
     assert dest.associations == 2
+    assert server.index.instance(victim) is None
+    assert_serving_the_truth(server.port, own_sample.root, broken_by_the_test=paths[victim])
+
+
+def test_a_file_cut_short_while_a_c_get_reads_it_aborts_the_association(
+    own_sample: Sample, start_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study, uids = largest_study(own_sample)
+    paths = own_sample.paths()
+    whole = {uid: retrieve_tests.data_set_bytes(paths[uid])[1] for uid in uids}
+    cut = cut_the_second_file_while_it_is_sent(monkeypatch, paths)
+    # Offered as stored, so that the files are streamed rather than read whole to convert.
+    monkeypatch.setattr(retrieve_tests, "ALL_TRANSFER_SYNTAXES", [ExplicitVRLittleEndian])
+    server = start_server(own_sample.root, watch="off")
+    sop_classes = sorted({own_sample.by_uid[u].instance.sop_class_uid for u in uids})
+    request = identifier("STUDY", StudyInstanceUID=study)
+    responses, received = retrieve_tests.get(server, request, sop_classes)
+    (victim,) = cut
+    # The C-GET's only association carried the half-sent instance: it was aborted, so the SCU
+    # has the first instance, whole, and no final response (PS3.8 7.3: an abort ends it all).
+    assert all(rsp.get("Status") != status.SUCCESS for rsp, _ in responses)
+    assert len(received) == 1
+    assert victim not in received
+    assert all(got.data == whole[uid] for uid, got in received.items())
+    assert wait_until(lambda: not server._listener.active_associations, SECONDS)
     assert server.index.instance(victim) is None
     assert_serving_the_truth(server.port, own_sample.root, broken_by_the_test=paths[victim])
 
