@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import queue
 import socket
 import struct
@@ -24,7 +25,6 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from io import BytesIO
-from pathlib import Path
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -37,6 +37,7 @@ from pynetdicom._handlers import (
     standard_pdu_recv_handler,
     standard_pdu_sent_handler,
 )
+from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode as encode_dataset
 from pynetdicom.pdu_primitives import P_DATA
@@ -451,8 +452,10 @@ class CancelRegistry:
 # response itself over the DIMSE provider. These pynetdicom internals are used, here only:
 # Association._serve_request (where requests are dispatched, replaced per association),
 # Association._is_paused and ._reactor_checkpoint (how pynetdicom's own send_* methods keep the
-# reactor thread off the DIMSE queue), and C_STORE._dataset_path (what send_c_store sets to
-# stream a data set from a file). tests/test_interop_retrieve.py fails if a pynetdicom release
+# reactor thread off the DIMSE queue), C_STORE._dataset_path (what send_c_store sets to stream a
+# data set from a file; fsqr gives it an open file's descriptor, which pynetdicom's open() takes),
+# and C_STORE_RQ.encode_msg (its P-DATA fragments, sent one by one by fsqr as DIMSE's send_msg
+# would, see _send_from_file). tests/test_interop_retrieve.py fails if a pynetdicom release
 # changes any of them. (reactor.py lists the internals its loops use.)
 
 
@@ -629,12 +632,49 @@ class _StoreSender:
             req.MoveOriginatorMessageID = self._originator[1]
         payload = outgoing.payload
         if isinstance(payload, retrieve.FromFile):
-            # pynetdicom then reads the data set from the file in PDU-sized pieces as it sends.
-            req._dataset_path = (Path(payload.path), payload.offset)
+            not_sent = self._send_from_file(req, context_id, payload)
+            if not_sent is not None:
+                return not_sent
         else:
             req.DataSet = BytesIO(payload.data)
-        self.assoc.dimse.send_msg(req, context_id)
+            self.assoc.dimse.send_msg(req, context_id)
         return self._response_to(self._message_id)
+
+    def _send_from_file(
+        self, req: C_STORE, context_id: int, payload: retrieve.FromFile
+    ) -> retrieve.Stored | None:
+        """Send `req` with its data set read from the file as it was checked, or say why not.
+
+        The file is opened once and checked, and pynetdicom reads that open file (by its
+        descriptor) in PDU-sized pieces, so a file renamed over it meanwhile is not mixed in.
+        A file cut short while it is read would make a short data set look complete: the last
+        fragment is held back and the association aborted, so the peer never takes a half file
+        for an instance (PS3.8 9.3.5: a message is whole only with its last fragment).
+        """
+        try:
+            fd = os.open(payload.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except OSError as exc:
+            return retrieve.Stored(None, f"cannot open the file: {exc.strerror or exc}")
+        if not payload.is_the_file(os.fstat(fd)):
+            os.close(fd)
+            return retrieve.Stored(None, "the file changed before it was sent")
+        req._dataset_path = cast(Any, (fd, payload.offset))  # pynetdicom open()s it, and closes it
+        message = C_STORE_RQ()
+        message.primitive_to_message(req)
+        message.context_id = context_id
+        evt.trigger(self.assoc, evt.EVT_DIMSE_SENT, {"message": message})  # as send_msg does
+        expected, sent = payload.identity[2] - payload.offset, 0
+        for pdata in message.encode_msg(context_id, self.assoc.dimse.maximum_pdu_size):
+            ((_, pdv),) = pdata.presentation_data_value_list
+            if not pdv[0] & 0x01:  # PS3.8 E.2: bit 0 clear, a data set fragment
+                sent += len(pdv) - 1
+                if pdv[0] & 0x02 and sent != expected:  # bit 1 set: the last fragment
+                    self.assoc.abort()
+                    return retrieve.Stored(
+                        None, "the file changed while it was being sent", usable=False
+                    )
+            self.assoc.dul.send_pdu(pdata)
+        return None
 
     def _response_to(self, message_id: int) -> retrieve.Stored:
         """The response to the request just queued: the `store_response` timeout starts once the
@@ -792,6 +832,11 @@ class _SubAssociation:
             self._assoc.release()  # lets the reactor run again for the A-RELEASE exchange
         else:
             self._assoc.abort()  # after a timeout the peer's state is unknown
+            # pynetdicom skips close() when shutdown() fails, as it does on a connection the
+            # peer reset (a destination that died): close it here, or the descriptor leaks.
+            transport = self._assoc.dul.socket
+            if transport is not None and transport.socket is not None:
+                transport.socket.close()
 
 
 class _RequestorLink:

@@ -7,8 +7,9 @@ This module owns three things, so that the scan's two readers cannot drift apart
 - `records_from`: how a header's values split into the Patient / Study / Series / Instance records,
   and which files are skipped for lacking a UID;
 - `read_indexed(path)`: the fast reader. It returns a `Parsed`, a `Skipped` (empty, not DICOM, a
-  DICOMDIR, truncated pixel data, a missing UID), or None, which means "not sure: ask pydicom".
-  `scan.read_header` calls it first and falls back to pydicom's `read_partial` on None.
+  DICOMDIR, truncated pixel data, an image without pixel data, a missing UID), or None, which
+  means "not sure: ask pydicom". `scan.read_header` calls it first and falls back to pydicom's
+  `read_partial` on None.
 
 It stays out of the index, of networking, and of pydicom's data sets except where it asks pydicom
 to decode a value it does not decode itself. Nothing here raises out of `read_indexed`.
@@ -55,6 +56,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ImplicitVRLittleEndian,
@@ -76,6 +78,10 @@ EMPTY = "empty file"
 NOT_DICOM = "not a DICOM file"
 DICOMDIR = "DICOMDIR (a media directory, not an instance)"
 TRUNCATED = "truncated: pixel data runs past the end of the file"
+NO_PIXEL_DATA = "truncated: an image without its pixel data"
+
+# PS3.5 A.6: JPIP Referenced transfer syntaxes carry a Pixel Data Provider URL, not pixel data.
+_JPIP_REFERENCED = frozenset({"1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.95"})
 
 _MEDIA_STORAGE_SOP_CLASS = 0x00020002
 _TRANSFER_SYNTAX = 0x00020010
@@ -180,6 +186,28 @@ def records_from(
             values=values(Level.IMAGE),
         ),
     )
+
+
+def without_pixel_data(parsed: Parsed | Skipped, has_pixel_data: bool) -> Parsed | Skipped:
+    """`parsed`, or Skipped when it is an image whose file holds no pixel data.
+
+    An image's Pixel Data (7FE0,0010) is its last element but for padding (PS3.5 7.1: elements
+    in ascending tag order), so an image without it is almost always a file cut short between
+    two elements, which pydicom reads without complaint. Served, it would reach a viewer as an
+    image it cannot show; skipped, it is served again once it is whole (the watcher sees it).
+    An image here is any SOP Class named "... Image Storage" (PS3.4 Annex B).
+
+    >>> without_pixel_data(Skipped("x.dcm", "empty file"), False).reason
+    'empty file'
+    """
+    if has_pixel_data or not isinstance(parsed, Parsed):
+        return parsed
+    instance = parsed.instance
+    if instance.transfer_syntax_uid in _JPIP_REFERENCED:
+        return parsed
+    if "Image Storage" not in UID(instance.sop_class_uid).name:
+        return parsed
+    return Skipped(instance.path, NO_PIXEL_DATA)
 
 
 def looks_like_raw_dataset(head: bytes) -> bool:
@@ -738,7 +766,7 @@ def _read(f: _File, path: str, mtime_ns: int) -> Parsed | Skipped | None:
     texts = _NO_TEXTS.copy()
     for tag, raw in found.items():
         texts[tag] = _value_text(tag, raw, codec, charset, implicit)
-    return records_from(
+    parsed = records_from(
         texts.__getitem__,
         lambda: uids.get(_MEDIA_STORAGE_SOP_CLASS, ""),
         path=path,
@@ -746,6 +774,7 @@ def _read(f: _File, path: str, mtime_ns: int) -> Parsed | Skipped | None:
         mtime_ns=mtime_ns,
         transfer_syntax=transfer_syntax,
     )
+    return without_pixel_data(parsed, header.pixel is not None)
 
 
 def _is_complete(f: _File, pixel: tuple[int, bytes | None, int], implicit: bool) -> bool:

@@ -205,9 +205,13 @@ class FromFile:
     def unchanged(self) -> bool:
         """True if the file at `path` is still the one checked before sending."""
         try:
-            return _identity(os.stat(self.path)) == self.identity
+            return self.is_the_file(os.stat(self.path))
         except OSError:
             return False
+
+    def is_the_file(self, st: os.stat_result) -> bool:
+        """True if `st` is the stat of the file checked before sending, as it was then."""
+        return _identity(st) == self.identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,12 +233,15 @@ class Outgoing:
 
 
 def data_set_bytes(outgoing: Outgoing) -> bytes | None:
-    """The whole data set in memory (for a small one); None if the file no longer holds it."""
+    """The whole data set in memory, for a small one. From a file, only if the open file is the
+    one checked and holds all of it; None otherwise (the caller then says why, on its way)."""
     payload = outgoing.payload
     if isinstance(payload, Encoded):
         return payload.data
     try:
         with open(payload.path, "rb") as fp:
+            if not payload.is_the_file(os.fstat(fp.fileno())):
+                return None
             fp.seek(payload.offset)
             data = fp.read(outgoing.size + 1)
     except OSError:
@@ -828,8 +835,10 @@ def _send(instance: Instance, link: Link, transfer: _Transfer, *, may_retry: boo
     result = category(stored.status)
     reason = stored.comment
     if isinstance(outgoing.payload, FromFile) and not outgoing.payload.unchanged():
-        # The peer may have received part of one file and part of another.
+        # The link sent the file as checked, or held it back (see handlers._StoreSender); either
+        # way it is not what the file is now: failed, and the index follows the file.
         result, reason = Category.FAILED, "the file changed while it was being sent"
+        _index_as_now(instance.path, transfer.index)
     elif result is Category.FAILED:
         reason = stored.comment or "no reason given"
         if stored.status is not None:
@@ -839,6 +848,15 @@ def _send(instance: Instance, link: Link, transfer: _Transfer, *, may_retry: boo
             transfer.tally.sent_bytes += outgoing.size
     transfer.count(instance, result, reason=reason, outgoing=outgoing, code=stored.status)
     return stored
+
+
+def _index_as_now(path: str, index: Index) -> None:
+    """Index the file at `path` as it is now: another instance, or nothing servable."""
+    now = read_header(path)
+    if isinstance(now, Parsed):
+        index.add(now)
+    else:
+        index.remove_path(path)
 
 
 def _explain(

@@ -43,8 +43,9 @@ from fsqr.header import PIXEL_TAGS as _PIXEL_TAGS
 from fsqr.header import SEQUENCE_DELIMITER as _SEQUENCE_DELIMITER
 from fsqr.header import UNDEFINED_LENGTH as _UNDEFINED_LENGTH
 
-# Re-exported: query and storage read values as the index stores them.
+# Re-exported: query and storage read values as the index stores them, and skip as the scan does.
 from fsqr.header import element_text as element_text  # noqa: PLC0414 (mypy's explicit re-export)
+from fsqr.header import without_pixel_data as without_pixel_data  # noqa: PLC0414 (ditto)
 from fsqr.records import Parsed, Patient, Series, Skipped, Study
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ _PARALLEL_THRESHOLD = 5000
 _CHUNK = 200  # files per worker task: large enough to amortise pickling, small enough to balance
 
 
-class _PixelProbe:
+class PixelProbe:
     """A `stop_when` callback: stops pydicom at the pixel data and remembers where it was.
 
     pydicom's `stop_before_pixels` does not say how long the pixel data claims to be; knowing it
@@ -78,7 +79,7 @@ class _PixelProbe:
         return False
 
 
-def _value_offset(fp: BinaryIO, probe: _PixelProbe, explicit_vr: bool) -> int:
+def _value_offset(fp: BinaryIO, probe: PixelProbe, explicit_vr: bool) -> int:
     """Where the pixel data's value starts; pydicom leaves `fp` at the start of its element."""
     header = 8  # tag + (VR + 2-byte length) or 4-byte length
     if explicit_vr and probe.vr in {"OB", "OW", "OF", "OD", "UN"}:
@@ -86,7 +87,7 @@ def _value_offset(fp: BinaryIO, probe: _PixelProbe, explicit_vr: bool) -> int:
     return fp.tell() + header
 
 
-def _is_complete(fp: BinaryIO, probe: _PixelProbe, explicit_vr: bool, size: int) -> bool:
+def _is_complete(fp: BinaryIO, probe: PixelProbe, explicit_vr: bool, size: int) -> bool:
     if probe.length is None:
         return True
     if probe.length == _UNDEFINED_LENGTH:
@@ -136,7 +137,7 @@ def _read_header(path: str) -> Parsed | Skipped:
     st = os.stat(path)
     if st.st_size == 0:
         return Skipped(path, EMPTY)
-    probe = _PixelProbe()
+    probe = PixelProbe()
     with open(path, "rb") as fp:
         try:
             ds = read_partial(fp, stop_when=probe)
@@ -154,7 +155,8 @@ def _read_header(path: str) -> Parsed | Skipped:
             fp, probe, explicit, st.st_size
         ):
             return Skipped(path, TRUNCATED)
-    return parsed_from_dataset(ds, path, st.st_size, st.st_mtime_ns, transfer_syntax)
+    parsed = parsed_from_dataset(ds, path, st.st_size, st.st_mtime_ns, transfer_syntax)
+    return without_pixel_data(parsed, probe.length is not None)
 
 
 def parsed_from_dataset(

@@ -33,7 +33,7 @@ from typing import Literal
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
-from pydicom.filereader import dcmread
+from pydicom.filereader import read_partial
 
 from fsqr.config import Config
 from fsqr.errors import (
@@ -45,7 +45,14 @@ from fsqr.errors import (
 )
 from fsqr.index import Index
 from fsqr.records import Instance, Parsed
-from fsqr.scan import TEMP_PREFIX, element_text, is_inside, parsed_from_dataset
+from fsqr.scan import (
+    TEMP_PREFIX,
+    PixelProbe,
+    element_text,
+    is_inside,
+    parsed_from_dataset,
+    without_pixel_data,
+)
 
 log = logging.getLogger(__name__)
 
@@ -196,18 +203,20 @@ def _value(header: Dataset, keyword: str) -> str:
     return "" if tag is None else element_text(header.get(tag))
 
 
-def read_received(encoded: bytes) -> Dataset:
-    """The header (no pixels) of a received instance in DICOM file format, or CannotUnderstand.
+def read_received(encoded: bytes) -> tuple[Dataset, bool]:
+    """The header (no pixels) of a received instance in DICOM file format, and whether pixel
+    data follows it; or CannotUnderstand.
 
     >>> read_received(b"garbage")
     Traceback (most recent call last):
     ...
     fsqr.errors.CannotUnderstand: cannot parse the data set: InvalidDicomError
     """
+    probe = PixelProbe()
     try:
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
-            return dcmread(BytesIO(encoded), stop_before_pixels=True)
+            return read_partial(BytesIO(encoded), stop_when=probe), probe.length is not None
     except Exception as exc:  # whatever a peer sends must not escape as anything else
         raise CannotUnderstand(f"cannot parse the data set: {type(exc).__name__}") from exc
 
@@ -230,7 +239,7 @@ class Receiver:
         and index it. Raises a `DimseError` saying why it was not stored."""
         if self.read_only:
             raise NotAuthorized("fsqr is read-only: C-STORE refused")
-        header = read_received(encoded)
+        header, has_pixel_data = read_received(encoded)
         # As DCMTK's storescp does: a data set that is not the instance the request names is
         # refused with A900 (PS3.4 B.2.3), rather than filed under the wrong name.
         if element_text(header.get(0x00080016)) != sop_class_uid:
@@ -240,7 +249,7 @@ class Receiver:
         target = self.target(header)
         lock = self._locks[hash(sop_instance_uid) % _STRIPES]
         with lock:
-            return self._store(encoded, header, target, sop_instance_uid)
+            return self._store(encoded, header, target, sop_instance_uid, has_pixel_data)
 
     def target(self, header: Dataset) -> Path:
         """Where `header`'s instance belongs under the root, per the layout."""
@@ -251,10 +260,15 @@ class Receiver:
             raise OutOfResources("refused: the storage path would leave the root")
         return target
 
-    def _store(self, encoded: bytes, header: Dataset, target: Path, uid: str) -> Stored:
+    def _store(
+        self, encoded: bytes, header: Dataset, target: Path, uid: str, has_pixel_data: bool
+    ) -> Stored:
         transfer_syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
         parsed = parsed_from_dataset(header, str(target), len(encoded), 0, transfer_syntax)
-        if not isinstance(parsed, Parsed):  # e.g. no Study Instance UID: it could not be served
+        # The scan's rules: what it would skip (no Study Instance UID, an image without its
+        # pixel data) could not be served, so it is not stored either.
+        parsed = without_pixel_data(parsed, has_pixel_data)
+        if not isinstance(parsed, Parsed):
             raise DataSetMismatch(f"cannot be stored: {parsed.reason}")
         old = self.index.instance(uid)
         if old is not None and not os.path.exists(old.path):

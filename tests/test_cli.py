@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -23,9 +23,10 @@ LISTENING = re.compile(r"listening on (?P<host>[\d.]+):(?P<port>\d+)")
 class Running:
     """An `fsqr serve` process and the lines it logged so far."""
 
-    def __init__(self, *args: str, cwd: Path) -> None:
+    def __init__(self, *args: str, cwd: Path, prefix: Sequence[str] = ()) -> None:
+        """`prefix`: a command that runs fsqr, such as setpriv with its options."""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fsqr", "serve", *args],
+            [*prefix, sys.executable, "-m", "fsqr", "serve", *args],
             cwd=cwd,
             stderr=subprocess.PIPE,
             text=True,

@@ -30,6 +30,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
+    RawDataStorage,
 )
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
 
@@ -247,7 +248,7 @@ def ui(uid: str) -> bytes:
 
 
 def part10(
-    body: bytes, transfer_syntax: str = ExplicitVRLittleEndian, sop_class: str = CTImageStorage
+    body: bytes, transfer_syntax: str = ExplicitVRLittleEndian, sop_class: str = RawDataStorage
 ) -> bytes:
     """Preamble, 'DICM' and File Meta Information (PS3.10 7.1), then `body`."""
     meta = b"".join(
@@ -263,9 +264,10 @@ def part10(
 
 
 def uids(implicit: bool = False, sop_class: bool = True) -> list[bytes]:
-    """The UIDs every indexable instance has, in tag order."""
+    """The UIDs every indexable instance has, in tag order. Raw Data, not an image: an image
+    without pixel data is skipped (header.without_pixel_data), and these files have none."""
     return [
-        element(0x00080016, "UI", ui(CTImageStorage), implicit=implicit) if sop_class else b"",
+        element(0x00080016, "UI", ui(RawDataStorage), implicit=implicit) if sop_class else b"",
         element(0x00080018, "UI", ui("1.2.3.4"), implicit=implicit),
         element(0x0020000D, "UI", ui("1.2.3"), implicit=implicit),
         element(0x0020000E, "UI", ui("1.2.3.3"), implicit=implicit),

@@ -3,6 +3,7 @@ with DCMTK's tools as the peers so that every pynetdicom thread in this process 
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import sys
@@ -147,3 +148,23 @@ def test_pynetdicoms_message_logs_are_unbound_while_nobody_would_see_them(
     standard = {"standard_dimse_recv_handler", "standard_dimse_sent_handler"}
     assert not bound[logging.WARNING] & (standard | {"standard_pdu_recv_handler"})
     assert standard | {"standard_pdu_recv_handler"} <= bound[logging.DEBUG]
+
+
+def test_each_association_gets_its_own_contexts_without_a_generic_deepcopy(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """pynetdicom deep-copies the server's contexts per association; fsqr's copy shares the
+    immutable UIDs and copies only the lists, so an association cannot change the server's."""
+    server = start_server(tmp_path)
+    originals = server._listener.contexts
+    copies = copy.deepcopy(originals)
+    assert len(copies) == len(originals) > 100
+    for original, copied in zip(originals, copies, strict=True):
+        assert copied is not original
+        assert copied.as_tuple == original.as_tuple
+        assert copied.transfer_syntax == original.transfer_syntax
+        assert copied.transfer_syntax is not original.transfer_syntax
+        assert copied.transfer_syntax[0] is original.transfer_syntax[0]  # shared, not rebuilt
+        assert (copied.as_scu, copied.as_scp) == (original.as_scu, original.as_scp)
+    copies[0].transfer_syntax.clear()
+    assert originals[0].transfer_syntax

@@ -811,3 +811,22 @@ def test_without_reopen_a_broken_link_fails_the_rest(
     outcome = run(series, index_of(indexed), link, reopen=False)
     assert len(link.sent) == 2
     assert (outcome.tally.completed, outcome.tally.failed) == (1, 3)
+
+
+def test_a_small_data_set_is_read_whole_only_from_the_file_that_was_checked(
+    indexed: Callable[..., Instance], tmp_path: Path
+) -> None:
+    """What goes in one PDU (handlers._StoreSender) is all of the file as checked, or nothing."""
+    made = indexed("a.dcm")
+    outgoing = prepare(made, (ELE,), index_of(indexed))
+    whole = retrieve.data_set_bytes(outgoing)
+    assert whole is not None
+    assert len(whole) == outgoing.size
+    assert whole == Path(made.path).read_bytes()[-outgoing.size :]
+
+    os.truncate(made.path, os.path.getsize(made.path) - 2)  # cut short
+    assert retrieve.data_set_bytes(outgoing) is None
+
+    other = indexed("b.dcm", n=2)
+    os.replace(other.path, made.path)  # another file in its place
+    assert retrieve.data_set_bytes(outgoing) is None
