@@ -72,6 +72,8 @@ def test_associations_beyond_the_maximum_are_rejected(
         2,
     )
     first.release()
+    # The slot is free once the server's thread for `first` has ended, just after its release.
+    assert wait_until(lambda: not server._listener.active_associations)
     third = associate(server)
     assert third.is_established
     third.release()
