@@ -366,6 +366,13 @@ class Index:
         with self._lock:
             return self._served.get(sop_instance_uid)
 
+    def files(self) -> list[Parsed]:
+        """Every indexed file as its records: a served copy under the records it is linked
+        under (what is served), a waiting copy as it was read. What an index snapshot keeps."""
+        with self._lock:
+            waiting = [p for copies in self._waiting.values() for p in copies]
+            return [self._parsed_of(i) for i in self._served.values()] + waiting
+
     def paths(self) -> list[str]:
         with self._lock:
             return [folder + name for folder, files in self._files.items() for name in files]
