@@ -17,6 +17,7 @@ that read any file, and on a clean stop.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -153,6 +154,17 @@ class Server:
     # -- start-up ---------------------------------------------------------------------------
 
     def _build_index(self) -> None:
+        # Every record made here lives as long as the index: the cyclic garbage collector would
+        # only walk the growing heap again and again (a tenth of a large scan), so it waits.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._fill_index()
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _fill_index(self) -> None:
         started = time.perf_counter()
         paths = list(walk(self.config.root))
         known: list[Parsed | Skipped] = []

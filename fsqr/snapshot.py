@@ -131,41 +131,34 @@ class Snapshot:
         self._parents = [
             (patient_records[p], study_records[st], series_records[se]) for p, st, se in parents
         ]
-        self._prefix = _prefix(root)
-        self._folders: dict[str, tuple[str, dict[str, tuple[Any, ...]]]] = {
-            folder: (self._prefix + folder, dict(zip(names, rows, strict=True)))
-            for folder, names, rows in folders
-        }
+        prefix = _prefix(root)
+        # By path as the walk gives it, to the row and the folder's path (one string per folder,
+        # shared by its records as Instance.folder is).
+        self._files: dict[str, tuple[str, str, tuple[Any, ...]]] = {}
+        for folder, names, rows in folders:
+            held = prefix + folder
+            for name, row in zip(names, rows, strict=True):
+                self._files[held + name] = (held, name, row)
         self._skipped: dict[str, tuple[str, int]] = {
-            path: (reason, stamp) for path, reason, stamp in skipped
+            prefix + path: (reason, stamp) for path, reason, stamp in skipped
         }
 
     def __len__(self) -> int:
-        return sum(len(rows) for _, rows in self._folders.values()) + len(self._skipped)
+        return len(self._files) + len(self._skipped)
 
     def take(self, path: str, stamp: int) -> Parsed | Skipped | None:
         """The records of the file at `path` if its stamp is `stamp` in the snapshot."""
-        relative = path[len(self._prefix) :]
-        cut = relative.rfind(os.sep) + 1
-        held = self._folders.get(relative[:cut])
-        row = None if held is None else held[1].get(relative[cut:])
-        if held is not None and row is not None:
-            parent, sop_uid, sop_class, transfer_syntax, held_stamp, values = row
+        held = self._files.get(path)
+        if held is not None:
+            folder, name, (parent, sop_uid, sop_class, syntax, held_stamp, values) = held
             if held_stamp != stamp:
                 return None
             patient, study, series = self._parents[parent]
-            instance = Instance(
-                sop_uid,
-                series.series_uid,
-                sop_class,
-                transfer_syntax,
-                values=values,
-                folder=held[0],
-                name=relative[cut:],
-                stamp=stamp,
+            instance = Instance.of_shared(
+                sop_uid, series.series_uid, sop_class, syntax, folder, name, stamp, values
             )
             return Parsed(patient, study, series, instance)
-        skipped = self._skipped.get(relative)
+        skipped = self._skipped.get(path)
         if skipped is not None and skipped[1] == stamp:
             return Skipped(path, skipped[0], stamp)
         return None

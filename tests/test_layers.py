@@ -29,6 +29,7 @@ ALLOWED = {
     "storage": LEAVES | {"index", "scan", "config"},
     "watch": LEAVES | {"index", "scan", "config"},
     "security": {"config"},
+    "snapshot": LEAVES | {"storage"},  # the index between runs; writes as C-STORE does
     "handlers": LEAVES
     | {
         "config",
@@ -41,7 +42,8 @@ ALLOWED = {
         "security",
         "explain",
     },
-    "server": LEAVES | {"config", "handlers", "index", "scan", "watch", "storage", "security"},
+    "server": LEAVES
+    | {"config", "handlers", "index", "scan", "watch", "storage", "security", "snapshot"},
     "inventory": LEAVES | {"scan"},
     "worklist": LEAVES | {"matching", "scan"},
     "cli": {"config", "server", "inventory"},

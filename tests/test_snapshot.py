@@ -170,8 +170,9 @@ def test_the_snapshot_is_readable_by_its_owner_alone(tree: Path, target: Path) -
 
 
 def test_a_restart_answers_for_what_changed_while_the_server_was_down(
-    write: Write, tree: Path, target: Path
+    write: Write, tree: Path, target: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    write("study/4.dcm", n=4)  # left alone while the server is down
     config = server_config(tree, index_snapshot=str(target))
     with Server(config) as server:
         assert c_find_image(server, _uid(1)) == 1
@@ -187,9 +188,10 @@ def test_a_restart_answers_for_what_changed_while_the_server_was_down(
     os.utime(replacement, ns=(st.st_atime_ns, st.st_mtime_ns))
     os.replace(replacement, original)
     write("study/5.dcm", n=5)
-    with Server(config) as server:
-        found = {n: c_find_image(server, _uid(n)) for n in (1, 2, 3, 5, 8, 9)}
-    assert found == {1: 0, 2: 0, 3: 0, 5: 1, 8: 1, 9: 1}
+    with caplog.at_level(logging.INFO, logger="fsqr.server"), Server(config) as server:
+        found = {n: c_find_image(server, _uid(n)) for n in (1, 2, 3, 4, 5, 8, 9)}
+    assert found == {1: 0, 2: 0, 3: 0, 4: 1, 5: 1, 8: 1, 9: 1}
+    assert "index snapshot: 1 files unchanged, 3 to read" in caplog.messages
 
 
 def test_a_second_copy_of_an_instance_survives_the_snapshot(
