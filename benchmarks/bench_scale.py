@@ -3,7 +3,7 @@ at 10,000 / 100,000 (and, on request, 1,000,000) instances.
 
     python benchmarks/bench_scale.py               # C-FIND at 10k and 100k instances
     python benchmarks/bench_scale.py --million     # ... and at 1,000,000
-    python benchmarks/bench_scale.py --memory      # RSS per instance at 100k (1M: --million)
+    python benchmarks/bench_scale.py --memory      # RSS per instance at 10k, 100k (1M: --million)
     python benchmarks/bench_scale.py --restart     # cold start vs warm restart, 10k and 100k files
     python benchmarks/bench_scale.py --restart --tree DIR   # ... keeping the files in DIR
 
@@ -284,7 +284,7 @@ def served_root(work: Path, instances: int) -> Path:
 def _write_subtree(task: tuple[Path, int]) -> int:
     work, seed = task
     folder = _subtree(work, seed)
-    if sum(1 for _ in walk(folder)) != _SUBTREE:  # missing, or cut short by Ctrl-C
+    if not folder.is_dir() or sum(1 for _ in walk(folder)) != _SUBTREE:  # cut short by Ctrl-C?
         shutil.rmtree(folder, ignore_errors=True)
         patients, studies, series, per_series = tree_split(_SUBTREE)
         write_tree(
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.restart:
         bench_restart(sizes, min(args.repeats, 5), args.tree)
     elif args.memory:
-        bench_memory(sizes[1:])
+        bench_memory(sizes)
     else:
         bench_find(sizes, args.repeats)
     return 0
