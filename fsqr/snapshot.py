@@ -209,16 +209,21 @@ def _header_problem(header: bytes, body: bytes) -> str | None:
 
 def partition(snapshot: Snapshot, paths: Iterable[str]) -> tuple[list[Parsed | Skipped], list[str]]:
     """Split the walked `paths` into what the snapshot holds unchanged, and the files to read."""
+    paths = list(paths)
     known: list[Parsed | Skipped] = []
     to_read: list[str] = []
     take, stat = snapshot.take, os.stat
-    for path in paths:
-        try:
-            found = take(path, stat_stamp(stat(path)))
-        except OSError:  # gone since the walk saw it: reading it says so
-            found = None
-        if found is None:
-            to_read.append(path)
-        else:
-            known.append(found)
+    try:
+        for path in paths:
+            try:
+                found = take(path, stat_stamp(stat(path)))
+            except OSError:  # gone since the walk saw it: reading it says so
+                found = None
+            if found is None:
+                to_read.append(path)
+            else:
+                known.append(found)
+    except Exception as exc:  # a whole, digest-checked body that still does not hold together
+        log.warning("index snapshot not used, reading every file: %s: %s", type(exc).__name__, exc)
+        return [], paths
     return known, to_read

@@ -3,7 +3,9 @@ anything wrong with the snapshot means reading every file, never a wrong answer.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import marshal
 import os
 import shutil
 import stat
@@ -140,6 +142,36 @@ def test_a_damaged_snapshot_is_ignored_with_one_log_line(
         assert read_snapshot(target, tree) is None
     (line,) = caplog.messages
     assert line.startswith(f"index snapshot {target} not used")
+
+
+def test_a_whole_snapshot_that_does_not_hold_together_is_ignored(
+    tree: Path, target: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _snapshot_of(tree, target)  # then its files point at a series it does not have
+    header, body = target.read_bytes().split(b"\n", 1)
+    root, patients, studies, series, parents, folders, skipped = marshal.loads(body)
+    body = marshal.dumps(
+        (
+            root,
+            patients,
+            studies,
+            series,
+            parents,
+            [(folder, names, [(99, *row[1:]) for row in rows]) for folder, names, rows in folders],
+            skipped,
+        )
+    )
+    magic, fingerprint, _, _ = header.split()
+    digest = hashlib.blake2b(body, digest_size=16).hexdigest().encode()
+    target.write_bytes(
+        b" ".join([magic, fingerprint, str(len(body)).encode(), digest]) + b"\n" + body
+    )
+    snapshot = read_snapshot(target, tree)
+    assert snapshot is not None  # whole, as far as its digest tells
+    with caplog.at_level(logging.WARNING, logger="fsqr.snapshot"):
+        known, to_read = partition(snapshot, walk(tree))
+    assert (known, sorted(to_read)) == ([], sorted(walk(tree)))
+    assert "not used, reading every file" in caplog.text
 
 
 def test_a_snapshot_of_another_root_is_ignored(
