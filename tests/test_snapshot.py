@@ -238,6 +238,16 @@ def test_a_second_copy_of_an_instance_survives_the_snapshot(
         assert (before.instances, before.files) == (3, 4)
 
 
+def test_a_snapshot_that_cannot_be_written_is_a_warning_not_a_failure(
+    tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    config = server_config(tree, index_snapshot=str(tmp_path / "a-file" / "index.snapshot"))
+    with caplog.at_level(logging.WARNING, logger="fsqr.server"), Server(config) as server:
+        assert c_find_image(server, _uid(1)) == 1
+    assert "cannot write the index snapshot" in caplog.text
+
+
 def _uid(n: int) -> str:
     """The SOP Instance UID the conftest `instance` factory gives instance `n` of PID1."""
     return synthetic_uid("sop", "PID1", n)
