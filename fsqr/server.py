@@ -21,8 +21,8 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
-from itertools import chain
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -154,17 +154,6 @@ class Server:
     # -- start-up ---------------------------------------------------------------------------
 
     def _build_index(self) -> None:
-        # Every record made here lives as long as the index: the cyclic garbage collector would
-        # only walk the growing heap again and again (a tenth of a large scan), so it waits.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            self._fill_index()
-        finally:
-            if collecting:
-                gc.enable()
-
-    def _fill_index(self) -> None:
         started = time.perf_counter()
         paths = list(walk(self.config.root))
         known: list[Parsed | Skipped] = []
@@ -173,14 +162,13 @@ class Server:
         if self.config.index_snapshot is not None:
             snapshot = read_snapshot(self.config.index_snapshot, self.config.root)
         if snapshot is not None:
-            known, to_read = partition(snapshot, paths)
+            with _collector_paused():
+                known, to_read = partition(snapshot, paths)
+                for result in known:
+                    self._keep(result)
             log.info("index snapshot: %d files unchanged, %d to read", len(known), len(to_read))
-        for result in chain(known, scan_files(to_read, self.config.scan_workers, self._progress)):
-            if isinstance(result, Parsed):
-                self.index.add(result)
-            else:
-                self.skipped.append(result)
-                log.debug("skipped %s: %s", result.path, result.reason)
+        for result in scan_files(to_read, self.config.scan_workers, self._progress):
+            self._keep(result)
         counts = self.index.counts()
         seconds = time.perf_counter() - started
         log.info(
@@ -214,6 +202,13 @@ class Server:
             )
             self._snapshot_writer.start()
 
+    def _keep(self, result: Parsed | Skipped) -> None:
+        if isinstance(result, Parsed):
+            self.index.add(result)
+        else:
+            self.skipped.append(result)
+            log.debug("skipped %s: %s", result.path, result.reason)
+
     def _save_snapshot(self) -> None:
         if self.config.index_snapshot is None:
             return
@@ -236,6 +231,20 @@ class Server:
             self.config.index_snapshot,
             time.perf_counter() - started,
         )
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while records that all live on are made (a whole
+    index from a snapshot): it would only walk the growing heap again and again. Not for the
+    scan, whose pydicom fallback leaves garbage to collect."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def application_entity(config: Config) -> Any:
