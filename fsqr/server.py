@@ -68,6 +68,7 @@ class Server:
         self.config = config
         self.index = Index()
         self.skipped: list[Skipped] = []
+        self.index_seconds = 0.0  # how long the start-up walk, snapshot and scan took
         self._progress = progress
         self._handlers = Handlers(config, self.index)
         self._listener: Any = None
@@ -170,7 +171,7 @@ class Server:
         for result in scan_files(to_read, self.config.scan_workers, self._progress):
             self._keep(result)
         counts = self.index.counts()
-        seconds = time.perf_counter() - started
+        seconds = self.index_seconds = time.perf_counter() - started
         log.info(
             "indexed %s: %d patients, %d studies, %d series, %d instances "
             "from %d files in %.2f s (%.0f files/s)",
