@@ -171,9 +171,12 @@ class Index:
             return True
 
     def _add(self, parsed: Parsed, serve: bool) -> None:
-        self._remove_path(parsed.instance.path)
-        self._file(parsed.instance)
-        uid = parsed.instance.sop_instance_uid
+        instance = parsed.instance
+        filed = self._files.get(instance.folder)
+        if filed is not None and instance.name in filed:  # a file indexed again: the old goes
+            self._remove_path(instance.path)
+        self._file(instance)
+        uid = instance.sop_instance_uid
         served = self._served.get(uid)
         if served is None:
             self._link(parsed)
