@@ -3,7 +3,9 @@ at 10,000 / 100,000 (and, on request, 1,000,000) instances.
 
     python benchmarks/bench_scale.py               # C-FIND at 10k and 100k instances
     python benchmarks/bench_scale.py --million     # ... and at 1,000,000
-    python benchmarks/bench_scale.py --memory      # RSS per instance at 100k (1M: --million)
+    python benchmarks/bench_scale.py --memory      # RSS per instance at 10k, 100k (1M: --million)
+    python benchmarks/bench_scale.py --restart     # cold start vs warm restart, 10k and 100k files
+    python benchmarks/bench_scale.py --restart --tree DIR   # ... keeping the files in DIR
 
 The index is built IN MEMORY FROM SYNTHETIC RECORDS, WITHOUT FILES: writing and scanning a
 million files would take far longer than what is measured here. Each record is made by the scan's
@@ -17,6 +19,12 @@ processes that send them 200 at a time, as the start-up scan's workers deliver w
    at 1M no more than 2x their 10k figures.
 2. Memory (`--memory`): resident set growth over the same process before indexing, divided by
    the instances indexed, in a fresh process per size. Target: <= 600 bytes per instance.
+3. Warm restart (`--restart`), the one mode that needs FILES: `synthetic.write_tree` writes them
+   (10,000 per subfolder, two processes; some 300 files/s per core, so 100,000 take minutes:
+   `--tree DIR` keeps them for the next run). `Server.start()` until the port is bound, the
+   watcher included: cold (no snapshot configured: every file read) and warm (an index snapshot
+   written by the previous stop; nothing changed), each a median, in the same run. Target at
+   100,000: warm <= 15 % of cold.
 
 Reports medians; nothing here is a test.
 """
@@ -27,13 +35,16 @@ import argparse
 import gc
 import multiprocessing
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date, timedelta
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 
@@ -42,8 +53,9 @@ from fsqr.index import Index
 from fsqr.keys import KEY_BY_KEYWORD, Model
 from fsqr.query import find, parse_identifier
 from fsqr.records import Parsed
-from fsqr.scan import HeaderCache
-from fsqr.synthetic import synthetic_uid, tree_split
+from fsqr.scan import HeaderCache, walk
+from fsqr.server import Server
+from fsqr.synthetic import synthetic_uid, tree_split, write_tree
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -254,10 +266,109 @@ def bench_memory(sizes: list[int]) -> None:
         subprocess.run([sys.executable, __file__, "--memory-child", str(size)], check=True)
 
 
+_SUBTREE = 10_000  # files per subfolder of a --restart tree, each written by its own process
+
+
+def _subtree(work: Path, seed: int) -> Path:
+    """Where subtree `seed` lives: nested so that the 10k tree lies in the 100k one, and that in
+    the 1M one (see `served_root`), and a larger run reuses the files of a smaller one."""
+    if seed == 0:
+        return work / "g1" / "g0" / "tree0"
+    return work / ("g1" if seed < 10 else "") / f"tree{seed}"
+
+
+def served_root(work: Path, instances: int) -> Path:
+    return {10_000: work / "g1" / "g0", 100_000: work / "g1", 1_000_000: work}[instances]
+
+
+def _write_subtree(task: tuple[Path, int]) -> int:
+    work, seed = task
+    folder = _subtree(work, seed)
+    if not folder.is_dir() or sum(1 for _ in walk(folder)) != _SUBTREE:  # cut short by Ctrl-C?
+        shutil.rmtree(folder, ignore_errors=True)
+        patients, studies, series, per_series = tree_split(_SUBTREE)
+        write_tree(
+            folder,
+            patients=patients,
+            studies_per_patient=studies,
+            series_per_study=series,
+            instances_per_series=per_series,
+            seed=seed,  # other Patient IDs and UIDs: every file is an instance of its own
+        )
+    return seed
+
+
+def file_tree(work: Path, instances: int) -> Path:
+    """The served root of a tree of `instances` files (10k, 100k or 1M) in `work`, written
+    where missing, one subtree of 10,000 per process."""
+    with ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn")) as pool:
+        tasks = [(work, seed) for seed in range(instances // _SUBTREE)]
+        for _ in pool.map(_write_subtree, tasks):
+            pass
+    return served_root(work, instances)
+
+
+def timed_start(root: Path, snapshot: Path | None) -> tuple[float, float, int]:
+    """Seconds from `Server.start()` to the port being bound, the part of them spent building
+    the index (walk, snapshot, scan), and the instances indexed; the stop that follows (which
+    writes the snapshot, if any) is not timed."""
+    server = Server(root=root, index_snapshot=snapshot)
+    started = time.perf_counter()
+    server.start()
+    seconds = time.perf_counter() - started
+    instances = server.index.counts().instances
+    server.stop()
+    return seconds, server.index_seconds, instances
+
+
+def bench_restart(sizes: list[int], repeats: int, tree: Path | None) -> None:
+    with tempfile.TemporaryDirectory(prefix="fsqr-bench-") as tmp:
+        work = tree or Path(tmp) / "files"
+        snapshot = Path(tmp) / "state" / "index.snapshot"  # outside every served root
+        rows = []
+        for size in sizes:
+            started = time.perf_counter()
+            root = file_tree(work, size)
+            print(f"{size:,} files ready in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            timed_start(root, None)  # warms the page cache, as every other run finds it
+            cold = [timed_start(root, None) for _ in range(repeats)]
+            snapshot.unlink(missing_ok=True)
+            timed_start(root, snapshot)  # the first start with a snapshot configured writes it
+            warm = [timed_start(root, snapshot) for _ in range(repeats)]
+            assert {n for *_, n in cold} == {n for *_, n in warm} == {size}
+            rows.append((size, *_medians(cold), *_medians(warm)))
+            print(
+                f"  snapshot of {size:,} files: {snapshot.stat().st_size / 2**20:.1f} MiB",
+                file=sys.stderr,
+            )
+    print(f"Start-up until the port is bound, {os.cpu_count()} cores, median of {repeats}:")
+    cold_title, warm_title = "cold (every file read)", "warm (snapshot, unchanged)"
+    print(f"  {'files':>10} {cold_title:>26} {warm_title:>30} {'warm/cold':>10}")
+    for size, cold_s, _, warm_s, _ in rows:
+        print(
+            f"  {size:>10,} {cold_s:10.2f} s {size / cold_s:8.0f} files/s"
+            f" {warm_s:14.2f} s {size / warm_s:8.0f} files/s {warm_s / cold_s:9.1%}"
+        )
+    print("  (target at 100,000: warm <= 15 % of cold)")
+    print("Of which building the index (walk, snapshot, scan); the rest is the same in both:")
+    for size, cold_s, cold_index, warm_s, warm_index in rows:
+        print(
+            f"  {size:>10,} {cold_index:10.2f} s {'':>17} {warm_index:14.2f} s {'':>17}"
+            f" {warm_index / cold_index:9.1%}   (rest: {cold_s - cold_index:.2f} s cold,"
+            f" {warm_s - warm_index:.2f} s warm: watching, the Application Entity)"
+        )
+
+
+def _medians(runs: list[tuple[float, float, int]]) -> tuple[float, float]:
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--million", action="store_true", help="also at 1,000,000 instances")
     parser.add_argument("--memory", action="store_true", help="measure memory, not C-FIND")
+    parser.add_argument("--restart", action="store_true", help="cold start vs warm restart")
+    parser.add_argument("--tree", type=Path, help="--restart: keep the files here, for next time")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -265,8 +376,10 @@ def main(argv: list[str] | None = None) -> int:
         memory_child(args.memory_child)
         return 0
     sizes = [10_000, 100_000] + ([1_000_000] if args.million else [])
-    if args.memory:
-        bench_memory(sizes[1:])
+    if args.restart:
+        bench_restart(sizes, min(args.repeats, 5), args.tree)
+    elif args.memory:
+        bench_memory(sizes)
     else:
         bench_find(sizes, args.repeats)
     return 0

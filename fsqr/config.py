@@ -518,6 +518,8 @@ class Config:
     max_find_responses: int = field(default=10000, metadata={_CHECK: _integer(0)})
     # misbehave on purpose, for testing clients: the first rule that fits a request applies
     faults: tuple[FaultRule, ...] = field(default=(), metadata={_CHECK: _fault_rules})
+    # a file outside the root to keep the index in between runs (snapshot.py); None = cold scan
+    index_snapshot: Path | None = field(default=None, metadata={_CHECK: _file})
 
     def peer(self, ae_title: str) -> Peer | None:
         """The peer called `ae_title`, ignoring leading and trailing spaces (PS3.5 6.2, AE).
@@ -579,7 +581,20 @@ def config_from_mapping(data: Mapping[str, Any], source: str = "<arguments>") ->
     ...
     fsqr.config.ConfigError: <arguments>: prot: unknown key (did you mean 'port'?)
     """
-    return _from_mapping(Config, data, _At(source))
+    return _checked_together(_from_mapping(Config, data, _At(source)), _At(source))
+
+
+def _checked_together(config: Config, at: _At) -> Config:
+    """The rules that tie one key to another, once every path is as it will be used."""
+    snapshot = config.index_snapshot
+    if snapshot is not None:
+        root = os.path.realpath(config.root).rstrip(os.sep) + os.sep
+        if (os.path.realpath(snapshot) + os.sep).startswith(root):  # the root itself, or below
+            raise at.child("index_snapshot").error(
+                f"must be outside the served root {str(config.root)!r}: fsqr writes nothing "
+                "into the tree it serves"
+            )
+    return config
 
 
 def with_overrides(config: Config, **overrides: Any) -> Config:
@@ -680,6 +695,8 @@ def load_config(path: Path | None) -> Config:
         config = replace(config, root=path.parent.absolute() / config.root)
     if config.worklist is not None and not config.worklist.is_absolute():
         config = replace(config, worklist=path.parent.absolute() / config.worklist)
+    if config.index_snapshot is not None and not config.index_snapshot.is_absolute():
+        config = replace(config, index_snapshot=path.parent.absolute() / config.index_snapshot)
     tls_files = {
         name: path.parent.absolute() / given
         for name in ("certificate", "key", "ca")
@@ -687,4 +704,5 @@ def load_config(path: Path | None) -> Config:
     }
     if tls_files:
         config = replace(config, tls=replace(config.tls, **tls_files))
-    return config
+    # Without a root here the root is the one given with it (`fsqr serve DIR`): checked then.
+    return _checked_together(config, at) if data.get("root") is not None else config

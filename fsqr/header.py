@@ -64,7 +64,7 @@ from pydicom.uid import (
 )
 
 from fsqr.keys import SPECIFIC_CHARACTER_SET, Level, header_tags, indexed_keys
-from fsqr.records import Instance, Parsed, Patient, Series, Skipped, Study
+from fsqr.records import Instance, Parsed, Patient, Series, Skipped, Study, stat_stamp
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ def records_from(
     size: int,
     mtime_ns: int,
     transfer_syntax: str,
+    inode: int = 0,
 ) -> Parsed | Skipped:
     """Split a header into the records of its four levels, or say which UID it lacks.
 
@@ -184,6 +185,7 @@ def records_from(
             size=size,
             mtime_ns=mtime_ns,
             values=values(Level.IMAGE),
+            inode=inode,
         ),
     )
 
@@ -717,9 +719,10 @@ def read_indexed(path: str) -> Parsed | Skipped | None:
         fd = os.open(path, os.O_RDONLY | _O_BINARY)
         try:
             st = os.fstat(fd)
-            if st.st_size == 0:
-                return Skipped(path, EMPTY)
-            return _read(_File(fd, st.st_size), path, st.st_mtime_ns)
+            result = _read(_File(fd, st.st_size), path, st) if st.st_size else Skipped(path, EMPTY)
+            if isinstance(result, Skipped):  # remembered by this stamp in an index snapshot
+                return Skipped(path, result.reason, stat_stamp(st))
+            return result
         finally:
             os.close(fd)
     except Exception as exc:  # whatever this reader trips over, pydicom reads the file
@@ -727,7 +730,7 @@ def read_indexed(path: str) -> Parsed | Skipped | None:
         return None
 
 
-def _read(f: _File, path: str, mtime_ns: int) -> Parsed | Skipped | None:
+def _read(f: _File, path: str, st: os.stat_result) -> Parsed | Skipped | None:
     """Meta information, data set, the checks of `scan._read_header` in its order, records."""
     if f.data[128:132] != b"DICM":  # PS3.10 7.1: preamble, then the prefix
         return None if looks_like_raw_dataset(f.data[:8]) else Skipped(path, NOT_DICOM)
@@ -771,8 +774,9 @@ def _read(f: _File, path: str, mtime_ns: int) -> Parsed | Skipped | None:
         lambda: uids.get(_MEDIA_STORAGE_SOP_CLASS, ""),
         path=path,
         size=f.size,
-        mtime_ns=mtime_ns,
+        mtime_ns=st.st_mtime_ns,
         transfer_syntax=transfer_syntax,
+        inode=st.st_ino,
     )
     return without_pixel_data(parsed, header.pixel is not None)
 

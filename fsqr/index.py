@@ -171,9 +171,12 @@ class Index:
             return True
 
     def _add(self, parsed: Parsed, serve: bool) -> None:
-        self._remove_path(parsed.instance.path)
-        self._file(parsed.instance)
-        uid = parsed.instance.sop_instance_uid
+        instance = parsed.instance
+        filed = self._files.get(instance.folder)
+        if filed is not None and instance.name in filed:  # a file indexed again: the old goes
+            self._remove_path(instance.path)
+        self._file(instance)
+        uid = instance.sop_instance_uid
         served = self._served.get(uid)
         if served is None:
             self._link(parsed)
@@ -365,6 +368,13 @@ class Index:
     def instance(self, sop_instance_uid: str) -> Instance | None:
         with self._lock:
             return self._served.get(sop_instance_uid)
+
+    def files(self) -> list[Parsed]:
+        """Every indexed file as its records: a served copy under the records it is linked
+        under (what is served), a waiting copy as it was read. What an index snapshot keeps."""
+        with self._lock:
+            waiting = [p for copies in self._waiting.values() for p in copies]
+            return [self._parsed_of(i) for i in self._served.values()] + waiting
 
     def paths(self) -> list[str]:
         with self._lock:

@@ -27,7 +27,10 @@ class Level(str, enum.Enum):
         >>> Level.SERIES.depth
         2
         """
-        return list(Level).index(self)
+        return _DEPTH[self]  # looked up per record a query matches: not `list(Level).index`
+
+
+_DEPTH = {level: depth for depth, level in enumerate(Level)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -378,6 +378,8 @@ def _any_group(key_group: str) -> NameTest:
     group_test = _group_test(key_group)
 
     def test(groups: tuple[str, ...]) -> bool:
+        if len(groups) == 1:  # most names: the whole name is its one group, tested once
+            return group_test(groups[0])
         return group_test("=".join(groups)) or any(map(group_test, groups))
 
     return test

@@ -49,8 +49,34 @@ def _shared(text: str) -> str:
     return sys.intern(str(text))
 
 
-_SIZE_BITS = 48  # the low bits of Instance.stamp hold the size, the high ones the mtime
+# A file's stamp, one int: mtime (ns) in the high bits, then the inode, then the size. Equal
+# stamps mean the same file, unchanged, as far as stat can tell: a file replaced by another of
+# the same size and mtime (a copy made with `cp -p`, a restore) has another inode. One int costs
+# no more than two here: Python allocates ints in 16-byte steps, and the inode's bits fit in the
+# step the size and mtime already take.
+_SIZE_BITS = 48
 _SIZE_MASK = (1 << _SIZE_BITS) - 1
+_INODE_BITS = 64
+_INODE_MASK = (1 << _INODE_BITS) - 1
+
+
+def file_stamp(size: int, mtime_ns: int, inode: int) -> int:
+    """Size, mtime and inode as one int (see `Instance.stamp`); 0 means "not known".
+
+    >>> mtime = 1_700_000_000_123_456_789
+    >>> file_stamp(1234, mtime, 42) == file_stamp(1234, mtime, 43), file_stamp(0, 0, 0)
+    (False, 0)
+    """
+    return (
+        (mtime_ns << (_SIZE_BITS + _INODE_BITS))
+        | ((inode & _INODE_MASK) << _SIZE_BITS)
+        | (min(size, _SIZE_MASK))
+    )
+
+
+def stat_stamp(st: os.stat_result) -> int:
+    """The stamp of a file as `os.stat` or `os.fstat` describes it."""
+    return file_stamp(st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -60,8 +86,8 @@ class Instance:
     A million of these make up most of the index, so each is held lean. The path is held in two
     parts, `folder` (ending in the separator) and `name`, so that the files of a folder share one
     copy of the folder's path; `path` puts them together again, exactly as given. Size and
-    mtime, which only ever serve together to tell whether a file changed, share one integer,
-    `stamp`; `size` and `mtime_ns` take it apart.
+    mtime and inode, which only ever serve together to tell whether a file changed, share one
+    integer, `stamp`; `size`, `mtime_ns` and `inode` take it apart.
 
     >>> from dataclasses import replace
     >>> i = Instance("1.9", "1.8", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2", "/d/a.dcm")
@@ -70,6 +96,9 @@ class Instance:
     >>> j = replace(i, size=1234, mtime_ns=-5)
     >>> (j.size, j.mtime_ns), (replace(j, size=7).size, replace(j, size=7).mtime_ns)
     ((1234, -5), (7, -5))
+    >>> k = replace(j, inode=99)
+    >>> k.size, k.mtime_ns, k.inode, replace(k, size=8).inode
+    (1234, -5, 99, 99)
     """
 
     sop_instance_uid: str
@@ -78,7 +107,7 @@ class Instance:
     transfer_syntax_uid: str
     folder: str  # the file's folder as found under the root, with its trailing separator
     name: str  # the file's name in that folder
-    stamp: int  # size and mtime (ns) from stat at indexing time: see `size` and `mtime_ns`
+    stamp: int  # size, mtime (ns) and inode from stat at indexing time: see `file_stamp`
     values: tuple[str, ...]
 
     def __init__(  # noqa: PLR0917 (positional, as the plain dataclass it replaced)
@@ -95,6 +124,7 @@ class Instance:
         folder: str = "",
         name: str = "",
         stamp: int = 0,
+        inode: int | None = None,
     ) -> None:
         if path is not None:
             cut = path.rfind(os.sep) + 1
@@ -106,10 +136,11 @@ class Instance:
         # by the scan's worker processes keep this sharing through pickle, chunk by chunk.)
         series_uid, folder, name = _shared(series_uid), _shared(folder), _shared(name)
         sop_class_uid, transfer_syntax_uid = _shared(sop_class_uid), _shared(transfer_syntax_uid)
-        if size is not None or mtime_ns is not None:
-            size = stamp & _SIZE_MASK if size is None else min(size, _SIZE_MASK)
-            mtime_ns = stamp >> _SIZE_BITS if mtime_ns is None else mtime_ns
-            stamp = (mtime_ns << _SIZE_BITS) | size
+        if size is not None or mtime_ns is not None or inode is not None:
+            size = stamp & _SIZE_MASK if size is None else size
+            mtime_ns = stamp >> (_SIZE_BITS + _INODE_BITS) if mtime_ns is None else mtime_ns
+            inode = (stamp >> _SIZE_BITS) & _INODE_MASK if inode is None else inode
+            stamp = file_stamp(size, mtime_ns, inode)
         put = object.__setattr__  # frozen: the only way in; unrolled, as a scan makes millions
         put(self, "sop_instance_uid", sop_instance_uid)
         put(self, "series_uid", series_uid)
@@ -119,6 +150,34 @@ class Instance:
         put(self, "name", name)
         put(self, "stamp", stamp)
         put(self, "values", values)
+
+    @classmethod
+    def of_shared(  # noqa: PLR0917 (every field, in order)
+        cls,
+        sop_instance_uid: str,
+        series_uid: str,
+        sop_class_uid: str,
+        transfer_syntax_uid: str,
+        folder: str,
+        name: str,
+        stamp: int,
+        values: tuple[str, ...],
+    ) -> Instance:
+        """A record from fields that are already as `__init__` would make them: plain strings,
+        shared (interned) where they repeat, a stamp. For a whole index at once (a snapshot read
+        back, whose strings come out of `marshal` shared as they went in), at a third the cost.
+        """
+        instance = cls.__new__(cls)
+        put = object.__setattr__
+        put(instance, "sop_instance_uid", sop_instance_uid)
+        put(instance, "series_uid", series_uid)
+        put(instance, "sop_class_uid", sop_class_uid)
+        put(instance, "transfer_syntax_uid", transfer_syntax_uid)
+        put(instance, "folder", folder)
+        put(instance, "name", name)
+        put(instance, "stamp", stamp)
+        put(instance, "values", values)
+        return instance
 
     @property
     def path(self) -> str:
@@ -133,13 +192,18 @@ class Instance:
     @property
     def mtime_ns(self) -> int:
         """From stat at indexing time: a changed file no longer matches it."""
-        return self.stamp >> _SIZE_BITS
+        return self.stamp >> (_SIZE_BITS + _INODE_BITS)
+
+    @property
+    def inode(self) -> int:
+        """From stat at indexing time (0 when not known): a replaced file has another."""
+        return (self.stamp >> _SIZE_BITS) & _INODE_MASK
 
     def get(self, keyword: str) -> str:
         return self.values[value_position(Level.IMAGE, keyword)]
 
-    def restamped(self, size: int, mtime_ns: int) -> Instance:
-        """The same record, for its file at this size and mtime (as stat gives them)."""
+    def restamped(self, size: int, mtime_ns: int, inode: int) -> Instance:
+        """The same record, for its file at this size, mtime and inode (as stat gives them)."""
         return Instance(
             self.sop_instance_uid,
             self.series_uid,
@@ -151,6 +215,7 @@ class Instance:
             self.values,
             folder=self.folder,
             name=self.name,
+            inode=inode,
         )
 
 
@@ -166,7 +231,12 @@ class Parsed:
 
 @dataclass(frozen=True, slots=True)
 class Skipped:
-    """A file the scan could not index, and why (shown in logs and by `fsqr ls`)."""
+    """A file the scan could not index, and why (shown in logs and by `fsqr ls`).
+
+    `stamp` is the file's as it was read (`file_stamp`), or 0 when not known: an index
+    snapshot remembers a skipped file by it, so that an unchanged one is not read again.
+    """
 
     path: str
     reason: str
+    stamp: int = 0

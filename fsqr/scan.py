@@ -46,7 +46,7 @@ from fsqr.header import UNDEFINED_LENGTH as _UNDEFINED_LENGTH
 # Re-exported: query and storage read values as the index stores them, and skip as the scan does.
 from fsqr.header import element_text as element_text  # noqa: PLC0414 (mypy's explicit re-export)
 from fsqr.header import without_pixel_data as without_pixel_data  # noqa: PLC0414 (ditto)
-from fsqr.records import Parsed, Patient, Series, Skipped, Study
+from fsqr.records import Parsed, Patient, Series, Skipped, Study, stat_stamp
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,13 @@ def read_header_with_pydicom(path: str) -> Parsed | Skipped:
 
 def _read_header(path: str) -> Parsed | Skipped:
     st = os.stat(path)
+    result = _read_stated(path, st)
+    if isinstance(result, Skipped):  # remembered by this stamp in an index snapshot
+        return Skipped(path, result.reason, stat_stamp(st))
+    return result
+
+
+def _read_stated(path: str, st: os.stat_result) -> Parsed | Skipped:
     if st.st_size == 0:
         return Skipped(path, EMPTY)
     probe = PixelProbe()
@@ -155,12 +162,14 @@ def _read_header(path: str) -> Parsed | Skipped:
             fp, probe, explicit, st.st_size
         ):
             return Skipped(path, TRUNCATED)
-    parsed = parsed_from_dataset(ds, path, st.st_size, st.st_mtime_ns, transfer_syntax)
+    parsed = parsed_from_dataset(
+        ds, path, st.st_size, st.st_mtime_ns, transfer_syntax, inode=st.st_ino
+    )
     return without_pixel_data(parsed, probe.length is not None)
 
 
 def parsed_from_dataset(
-    ds: Dataset, path: str, size: int, mtime_ns: int, transfer_syntax: str
+    ds: Dataset, path: str, size: int, mtime_ns: int, transfer_syntax: str, *, inode: int = 0
 ) -> Parsed | Skipped:
     """Split a header into records; used by the scan and by C-STORE for what it just wrote."""
     return records_from(
@@ -170,6 +179,7 @@ def parsed_from_dataset(
         size=size,
         mtime_ns=mtime_ns,
         transfer_syntax=transfer_syntax,
+        inode=inode,
     )
 
 

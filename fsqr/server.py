@@ -9,15 +9,21 @@ The port is bound only once the initial index is complete, so the first associat
 sees everything that was on disk at start. The watcher starts before the scan walks the tree
 and applies what changed meanwhile once the scan is indexed (`watch.py`), so nothing changed
 during start-up is lost.
+
+With `index_snapshot` set, the scan reads only the files that changed since the snapshot was
+written (`snapshot.py`); the snapshot is written again, in the background, after a start-up
+that read any file, and on a clean stop.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -33,6 +39,7 @@ from fsqr.operations import Operations
 from fsqr.records import Parsed, Skipped
 from fsqr.scan import scan_files, walk
 from fsqr.security import server_context
+from fsqr.snapshot import partition, read_snapshot, write_snapshot
 from fsqr.watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -70,10 +77,12 @@ class Server:
         self.config = config
         self.index = Index()
         self.skipped: list[Skipped] = []
+        self.index_seconds = 0.0  # how long the start-up walk, snapshot and scan took
         self._progress = progress
         self._handlers = Handlers(config, self.index, keep_operations)
         self._listener: Any = None
         self.watcher: Watcher | None = None
+        self._snapshot_writer: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -110,7 +119,8 @@ class Server:
         return self
 
     def stop(self) -> None:
-        if self._listener is not None:
+        running = self._listener is not None
+        if running:
             self._listener.shutdown()
             # pynetdicom leaves open associations running, and the process alive, until each
             # ends or its network timeout passes: end them (A-ABORT). Writes are atomic, so an
@@ -127,6 +137,8 @@ class Server:
             self._listener = None
             log.info("stopped")
         self._stop_watcher()
+        if running:
+            self._save_snapshot()  # now that nothing changes the index any more
 
     def _stop_watcher(self) -> None:
         if self.watcher is not None:
@@ -168,14 +180,21 @@ class Server:
     def _build_index(self) -> None:
         started = time.perf_counter()
         paths = list(walk(self.config.root))
-        for result in scan_files(paths, self.config.scan_workers, self._progress):
-            if isinstance(result, Parsed):
-                self.index.add(result)
-            else:
-                self.skipped.append(result)
-                log.debug("skipped %s: %s", result.path, result.reason)
+        known: list[Parsed | Skipped] = []
+        to_read = paths
+        snapshot = None
+        if self.config.index_snapshot is not None:
+            snapshot = read_snapshot(self.config.index_snapshot, self.config.root)
+        if snapshot is not None:
+            with _collector_paused():
+                known, to_read = partition(snapshot, paths)
+                for result in known:
+                    self._keep(result)
+            log.info("index snapshot: %d files unchanged, %d to read", len(known), len(to_read))
+        for result in scan_files(to_read, self.config.scan_workers, self._progress):
+            self._keep(result)
         counts = self.index.counts()
-        seconds = time.perf_counter() - started
+        seconds = self.index_seconds = time.perf_counter() - started
         log.info(
             "indexed %s: %d patients, %d studies, %d series, %d instances "
             "from %d files in %.2f s (%.0f files/s)",
@@ -199,6 +218,57 @@ class Server:
             log.info(
                 "%d files repeat a SOP Instance UID already indexed; one is served", duplicates
             )
+        if self.config.index_snapshot is not None and (
+            snapshot is None or to_read or len(known) < len(snapshot)
+        ):  # so that a crash soon after this start does not mean reading these files again
+            self._snapshot_writer = threading.Thread(
+                target=self._save_snapshot, name="fsqr-snapshot", daemon=True
+            )
+            self._snapshot_writer.start()
+
+    def _keep(self, result: Parsed | Skipped) -> None:
+        if isinstance(result, Parsed):
+            self.index.add(result)
+        else:
+            self.skipped.append(result)
+            log.debug("skipped %s: %s", result.path, result.reason)
+
+    def _save_snapshot(self) -> None:
+        if self.config.index_snapshot is None:
+            return
+        if (
+            self._snapshot_writer is not None
+            and self._snapshot_writer is not threading.current_thread()
+        ):
+            self._snapshot_writer.join()  # the last one written is the latest
+        started = time.perf_counter()
+        try:
+            count = write_snapshot(
+                self.config.index_snapshot, self.config.root, self.index.files(), self.skipped
+            )
+        except OSError as exc:
+            log.warning("cannot write the index snapshot %s: %s", self.config.index_snapshot, exc)
+            return
+        log.info(
+            "index snapshot of %d files written to %s in %.2f s",
+            count,
+            self.config.index_snapshot,
+            time.perf_counter() - started,
+        )
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while records that all live on are made (a whole
+    index from a snapshot): it would only walk the growing heap again and again. Not for the
+    scan, whose pydicom fallback leaves garbage to collect."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 class _CopiedQuickly(PresentationContext):

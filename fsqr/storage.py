@@ -137,7 +137,10 @@ def storage_area(layout: str) -> PurePosixPath:
 
 
 def write_atomic(
-    target: Path, chunks: Sequence[bytes], renamed: Callable[[os.stat_result], None] | None = None
+    target: Path,
+    chunks: Sequence[bytes],
+    renamed: Callable[[os.stat_result], None] | None = None,
+    mode: int = 0o644,
 ) -> os.stat_result:
     """Write `chunks` to `target` all at once or not at all; return the new file's stat.
 
@@ -151,10 +154,10 @@ def write_atomic(
     temp = folder / f"{TEMP_PREFIX}{secrets.token_hex(8)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(temp, flags, 0o644)
+        fd = os.open(temp, flags, mode)
     except FileNotFoundError:  # a new patient, study or series: its folder first
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(temp, flags, 0o644)
+        fd = os.open(temp, flags, mode)
     try:
         try:
             for chunk in chunks:
@@ -279,7 +282,7 @@ class Receiver:
             return Stored("kept", old.path, uid)
 
         def index_it(st: os.stat_result) -> None:  # at once: a C-FIND may follow any moment
-            written = parsed.instance.restamped(st.st_size, st.st_mtime_ns)
+            written = parsed.instance.restamped(st.st_size, st.st_mtime_ns, st.st_ino)
             self.index.add(replace(parsed, instance=written), serve=True)
 
         try:

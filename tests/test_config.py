@@ -334,6 +334,34 @@ def test_home_in_root_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert load_config(write(tmp_path, "root: ~/dicom")).root == tmp_path / "home" / "dicom"
 
 
+@pytest.mark.parametrize(
+    "snapshot",
+    ["served/.fsqr/index.snapshot", "served", "served/../served/x"],
+    ids=["below", "the-root-itself", "dotted"],
+)
+def test_an_index_snapshot_inside_the_root_is_refused(tmp_path: Path, snapshot: str) -> None:
+    text = f"root: served\nindex_snapshot: {snapshot}\n"
+    with pytest.raises(ConfigError, match=r"fsqr.yaml: index_snapshot: must be outside"):
+        load_config(write(tmp_path, text))
+    with pytest.raises(ConfigError, match=r"<arguments>: index_snapshot: must be outside"):
+        config_from_mapping({"root": tmp_path / "served", "index_snapshot": tmp_path / snapshot})
+
+
+def test_an_index_snapshot_beside_the_root_is_relative_to_the_config_folder(
+    tmp_path: Path,
+) -> None:
+    text = "root: served\nindex_snapshot: state/index.snapshot\n"
+    config = load_config(write(tmp_path, text, "conf/fsqr.yaml"))
+    assert config.index_snapshot == tmp_path / "conf" / "state" / "index.snapshot"
+
+
+def test_the_root_given_on_the_command_line_is_the_one_checked(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "index_snapshot: cache/index.snapshot\n"))
+    with pytest.raises(ConfigError, match="index_snapshot: must be outside"):
+        with_overrides(config, root=tmp_path / "cache")
+    assert with_overrides(config, root=tmp_path / "served").root == tmp_path / "served"
+
+
 def test_root_from_arguments_stays_relative_to_the_working_directory() -> None:
     assert config_from_mapping({"root": "data"}).root == Path("data")
     assert config_from_mapping({"root": Path("data")}).root == Path("data")

@@ -31,6 +31,7 @@ ALLOWED = {
     "security": {"config"},
     "faults": LEAVES | {"config"},  # which fault rule applies, and what it does; pure
     "operations": set(),  # the record of the operations served
+    "snapshot": LEAVES | {"storage"},  # the index between runs; writes as C-STORE does
     "handlers": LEAVES
     | {
         "config",
@@ -47,7 +48,17 @@ ALLOWED = {
         "reactor",
     },
     "server": LEAVES
-    | {"config", "handlers", "index", "scan", "watch", "storage", "security", "operations"},
+    | {
+        "config",
+        "handlers",
+        "index",
+        "scan",
+        "watch",
+        "storage",
+        "security",
+        "operations",
+        "snapshot",
+    },
     "reactor": set(),  # pynetdicom's association loops, waiting instead of polling
     "inventory": LEAVES | {"scan"},
     "worklist": LEAVES | {"matching", "scan"},

@@ -1,0 +1,253 @@
+"""The index snapshot (warm restart): a file is taken from it only if stat finds it unchanged;
+anything wrong with the snapshot means reading every file, never a wrong answer."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import marshal
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fsqr.records import Parsed, Skipped
+from fsqr.scan import read_header, walk
+from fsqr.server import Server
+from fsqr.snapshot import Snapshot, partition, read_snapshot, write_snapshot
+from fsqr.synthetic import synthetic_uid
+from tests.conftest import server_config
+from tests.helpers import c_find_image, wait_until
+
+Write = Callable[..., Path]
+
+
+def _snapshot_of(root: Path, target: Path) -> None:
+    """Read every file under `root` as the start-up scan does and write its snapshot."""
+    results = [read_header(p) for p in walk(root)]
+    parsed = [r for r in results if isinstance(r, Parsed)]
+    skipped = [r for r in results if isinstance(r, Skipped)]
+    write_snapshot(target, root, parsed, skipped)
+
+
+def _reloaded(root: Path, target: Path) -> Snapshot:
+    snapshot = read_snapshot(target, root)
+    assert snapshot is not None
+    return snapshot
+
+
+def _split(root: Path, target: Path) -> tuple[dict[str, Parsed | Skipped], list[str]]:
+    known, to_read = partition(_reloaded(root, target), walk(root))
+    return {(r.instance.path if isinstance(r, Parsed) else r.path): r for r in known}, to_read
+
+
+@pytest.fixture
+def tree(write: Write, tmp_path: Path) -> Path:
+    for n in (1, 2, 3):
+        write(f"study/{n}.dcm", n=n)
+    return tmp_path / "tree"
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "index.snapshot"
+
+
+def test_an_unchanged_file_is_taken_as_it_was_read(tree: Path, target: Path) -> None:
+    _snapshot_of(tree, target)
+    known, to_read = _split(tree, target)
+    assert to_read == []
+    path = str(tree / "study" / "2.dcm")
+    assert known[path] == read_header(path)  # the same records, stamp and all
+
+
+def test_a_changed_file_is_read_again(write: Write, tree: Path, target: Path) -> None:
+    _snapshot_of(tree, target)
+    changed = write("study/2.dcm", n=2, patient_name="DOE^JANE^CHANGED")
+    known, to_read = _split(tree, target)
+    assert to_read == [str(changed)]
+    assert len(known) == 2
+
+
+def test_a_file_touched_but_the_same_size_is_read_again(tree: Path, target: Path) -> None:
+    _snapshot_of(tree, target)
+    touched = tree / "study" / "1.dcm"
+    st = touched.stat()
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert _split(tree, target)[1] == [str(touched)]
+
+
+def test_a_file_replaced_by_one_of_the_same_size_and_mtime_is_read_again(
+    write: Write, tree: Path, target: Path
+) -> None:
+    _snapshot_of(tree, target)
+    original = tree / "study" / "3.dcm"
+    # Another patient's name of the same length: same size; the mtime is set back as it was
+    # (`cp -p`, a restore from backup). Only the inode tells the two files apart.
+    other = write("elsewhere.tmp", n=3, patient_name="DOE^JOHO")
+    assert other.stat().st_size == original.stat().st_size
+    st = original.stat()
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, original)
+    known, to_read = _split(tree, target)
+    assert to_read == [str(original)]
+    assert str(original) not in known
+
+
+def test_a_new_file_is_read_and_a_vanished_one_is_dropped(
+    write: Write, tree: Path, target: Path
+) -> None:
+    _snapshot_of(tree, target)
+    new = write("study/4.dcm", n=4)
+    (tree / "study" / "1.dcm").unlink()
+    known, to_read = _split(tree, target)
+    assert to_read == [str(new)]
+    assert sorted(known) == [str(tree / "study" / "2.dcm"), str(tree / "study" / "3.dcm")]
+
+
+def test_a_skipped_file_is_remembered_with_its_reason_until_it_changes(
+    tree: Path, target: Path
+) -> None:
+    junk = tree / "notes.txt"
+    junk.write_text("not DICOM")
+    _snapshot_of(tree, target)
+    known, to_read = _split(tree, target)
+    assert to_read == []
+    assert isinstance(known[str(junk)], Skipped)
+    assert known[str(junk)].reason == "not a DICOM file"
+    junk.write_text("still not DICOM, but changed")
+    assert _split(tree, target)[1] == [str(junk)]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[: len(data) // 2],  # cut short: a crash while copying it, a full disk
+        lambda data: data[:-10] + bytes(b ^ 0xFF for b in data[-10:]),  # corrupted on disk
+        lambda data: b"PK\x03\x04" + data,  # not a snapshot at all
+        lambda data: data.replace(b"fsqr-index-snapshot ", b"fsqr-index-snapshot 0", 1),
+        lambda data: b"",
+    ],
+    ids=["truncated", "corrupted", "not-a-snapshot", "another-version", "empty"],
+)
+def test_a_damaged_snapshot_is_ignored_with_one_log_line(
+    tree: Path, target: Path, damage: Callable[[bytes], bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    _snapshot_of(tree, target)
+    target.write_bytes(damage(target.read_bytes()))
+    with caplog.at_level(logging.WARNING, logger="fsqr.snapshot"):
+        assert read_snapshot(target, tree) is None
+    (line,) = caplog.messages
+    assert line.startswith(f"index snapshot {target} not used")
+
+
+def test_a_whole_snapshot_that_does_not_hold_together_is_ignored(
+    tree: Path, target: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _snapshot_of(tree, target)  # then its files point at a series it does not have
+    header, body = target.read_bytes().split(b"\n", 1)
+    root, patients, studies, series, parents, folders, skipped = marshal.loads(body)
+    body = marshal.dumps(
+        (
+            root,
+            patients,
+            studies,
+            series,
+            parents,
+            [(folder, names, [(99, *row[1:]) for row in rows]) for folder, names, rows in folders],
+            skipped,
+        )
+    )
+    magic, fingerprint, _, _ = header.split()
+    digest = hashlib.blake2b(body, digest_size=16).hexdigest().encode()
+    target.write_bytes(
+        b" ".join([magic, fingerprint, str(len(body)).encode(), digest]) + b"\n" + body
+    )
+    snapshot = read_snapshot(target, tree)
+    assert snapshot is not None  # whole, as far as its digest tells
+    with caplog.at_level(logging.WARNING, logger="fsqr.snapshot"):
+        known, to_read = partition(snapshot, walk(tree))
+    assert (known, sorted(to_read)) == ([], sorted(walk(tree)))
+    assert "not used, reading every file" in caplog.text
+
+
+def test_a_snapshot_of_another_root_is_ignored(
+    tree: Path, target: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _snapshot_of(tree, target)
+    other = tmp_path / "other"
+    shutil.copytree(tree, other)
+    with caplog.at_level(logging.WARNING, logger="fsqr.snapshot"):
+        assert read_snapshot(target, other) is None
+    assert "another root" in caplog.text
+
+
+def test_no_snapshot_yet_is_not_a_warning(
+    tree: Path, target: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert read_snapshot(target, tree) is None
+    assert caplog.messages == []
+
+
+def test_the_snapshot_is_readable_by_its_owner_alone(tree: Path, target: Path) -> None:
+    _snapshot_of(tree, target)  # it holds patient names
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+# -- the server, started twice ------------------------------------------------------------------
+
+
+def test_a_restart_answers_for_what_changed_while_the_server_was_down(
+    write: Write, tree: Path, target: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write("study/4.dcm", n=4)  # left alone while the server is down
+    config = server_config(tree, index_snapshot=str(target))
+    with Server(config) as server:
+        assert c_find_image(server, _uid(1)) == 1
+        assert wait_until(target.exists)  # written after the start-up scan: a crash keeps it
+    # While it is down: one file deleted, one rewritten with another SOP Instance UID of the
+    # same length, one replaced by another file of the same size and mtime, one added.
+    (tree / "study" / "1.dcm").unlink()
+    write("study/2.dcm", n=2, sop_uid=_uid(8))
+    original = tree / "study" / "3.dcm"
+    st = original.stat()
+    replacement = write("elsewhere.tmp", n=3, sop_uid=_uid(9))
+    assert replacement.stat().st_size == st.st_size
+    os.utime(replacement, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(replacement, original)
+    write("study/5.dcm", n=5)
+    with caplog.at_level(logging.INFO, logger="fsqr.server"), Server(config) as server:
+        found = {n: c_find_image(server, _uid(n)) for n in (1, 2, 3, 4, 5, 8, 9)}
+    assert found == {1: 0, 2: 0, 3: 0, 4: 1, 5: 1, 8: 1, 9: 1}
+    assert "index snapshot: 1 files unchanged, 3 to read" in caplog.messages
+
+
+def test_a_second_copy_of_an_instance_survives_the_snapshot(
+    write: Write, tree: Path, target: Path
+) -> None:
+    shutil.copy2(tree / "study" / "1.dcm", tree / "copy-of-1.dcm")
+    config = server_config(tree, index_snapshot=str(target), watch="off")
+    with Server(config) as server:
+        before = server.index.counts()
+    with Server(config) as server:
+        assert server.index.counts() == before
+        assert (before.instances, before.files) == (3, 4)
+
+
+def test_a_snapshot_that_cannot_be_written_is_a_warning_not_a_failure(
+    tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    config = server_config(tree, index_snapshot=str(tmp_path / "a-file" / "index.snapshot"))
+    with caplog.at_level(logging.WARNING, logger="fsqr.server"), Server(config) as server:
+        assert c_find_image(server, _uid(1)) == 1
+    assert "cannot write the index snapshot" in caplog.text
+
+
+def _uid(n: int) -> str:
+    """The SOP Instance UID the conftest `instance` factory gives instance `n` of PID1."""
+    return synthetic_uid("sop", "PID1", n)
