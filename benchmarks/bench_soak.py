@@ -3,11 +3,14 @@ C-MOVE, C-GET and C-STORE against one `fsqr serve` on loopback, for a bounded ti
 
     python benchmarks/bench_soak.py                     # 60 s, 50 associations
     python benchmarks/bench_soak.py --seconds 10 --clients 20
+    python benchmarks/bench_soak.py --rounds 2          # twice, RSS after each: growth or a leak?
 
 Each client opens an association, sends 20 requests chosen at random, releases it and opens
 another, until the time is up. Reports requests/s, p50/p99 latency per operation, failures
 (target: zero), instances stored vs findable afterwards (target: equal), and the server's RSS at
-start and end. The server runs in its own process, as users run it. Nothing here is a test.
+start and after each round (`--rounds`): the first round's growth is the high-water mark of 50
+concurrent associations, which Python's allocator keeps; a later round that grows again leaks.
+The server runs in its own process, as users run it. Nothing here is a test.
 
 The clients are pynetdicom SCUs, whose own reactor threads may take a response meant for the
 request they just sent; `HandBack` gives such responses back and the report counts them.
@@ -272,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=1, help="the same load again, as often")
     parser.add_argument("--keep-log", type=Path, help="copy the server's log here at the end")
     parser.add_argument(
         "--no-hand-back",
@@ -296,18 +300,23 @@ def main(argv: list[str] | None = None) -> int:
             rss_start = rss_kib(server.process.pid)
             targets = smallest_series(server.port)
             stats = Stats()
-            until = time.monotonic() + args.seconds
+            rss_after: list[int] = []
             started = time.perf_counter()
-            threads = [
-                threading.Thread(target=client, args=(server.port, until, n, targets, stats))
-                for n in range(args.clients)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            for round_ in range(args.rounds):
+                until = time.monotonic() + args.seconds
+                threads = [
+                    threading.Thread(
+                        target=client,
+                        args=(server.port, until, round_ * args.clients + n, targets, stats),
+                    )
+                    for n in range(args.clients)
+                ]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                rss_after.append(rss_kib(server.process.pid))
             elapsed = time.perf_counter() - started
-            rss_end = rss_kib(server.process.pid)
             found = findable(server.port)
         finally:
             server.stop()
@@ -317,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     requests = sum(len(v) for k, v in stats.latency.items() if k != "associate")
     failures = sum(stats.failures.values())
     print(
-        f"{args.clients} clients for {elapsed:.1f} s; C-MOVE/C-GET fetch a series of "
-        f"{targets['instances']} instances"
+        f"{args.clients} clients, {args.rounds} round(s), {elapsed:.1f} s; "
+        f"C-MOVE/C-GET fetch a series of {targets['instances']} instances"
     )
     print(f"  requests            {requests:8d}   {requests / elapsed:8.1f} /s")
     print(f"  failures            {failures:8d}   (target 0)")
@@ -334,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  e.g. {example}")
     print(f"  stored {stats.stored}, findable afterwards {found}   (target: equal)")
     print(f"  moved to the destination: {destination.received} instances")
-    print(f"  server RSS {rss_start / 1024:.1f} MiB at start, {rss_end / 1024:.1f} MiB at end")
+    after = ", ".join(f"{kib / 1024:.1f}" for kib in rss_after)
+    print(f"  server RSS {rss_start / 1024:.1f} MiB at start; after each round: {after} MiB")
     if hand_back is not None:
         print(f"  responses the clients' reactors took and handed back: {hand_back.count}")
     return 0 if failures == 0 and found == stats.stored else 1

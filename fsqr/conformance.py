@@ -67,6 +67,13 @@ from the code's own tables; a test keeps it identical to what the code says.
 - C-MOVE opens associations to the destinations listed in `ae_table` and proposes exactly the
   SOP Classes and transfer syntaxes of the instances it sends; C-GET sends over the
   requesting association to the storage SOP Classes the SCU accepted with SCP role selection.
+- A C-MOVE sends over as many associations to its destination at once as that destination's
+  `associations` (default 1). A C-STORE response that does not come within
+  `timeouts.store_response` ends that association; the instance is sent once more over a new
+  one (C-MOVE), and fails if that is lost too.
+- A message whose command set and data set both fit in the peer's Maximum PDU length (pending
+  C-FIND responses, C-STORE requests of small instances) is sent as one P-DATA-TF PDU holding
+  both PDVs (PS3.8 9.3.5); larger ones are fragmented.
 - Instances are sent in the transfer syntax they are stored in when the peer accepts it;
   otherwise converted between the uncompressed transfer syntaxes, or counted failed.
 - Extended negotiation: relational queries (C-FIND, C-MOVE, C-GET) are accepted when
