@@ -19,6 +19,7 @@ request they just sent; `HandBack` gives such responses back and the report coun
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import random
 import re
 import signal
@@ -63,28 +64,29 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-class Destination:
-    """A pynetdicom Storage SCP in this process: where C-MOVE sends instances."""
+def destination_process(ready: Any) -> None:
+    """A pynetdicom Storage SCP, where C-MOVE sends instances; in a process of its own, so that
+    the clients' threads do not starve it. Sends its port, then its count when told to stop."""
+    received = 0
+    lock = threading.Lock()
 
-    def __init__(self) -> None:
-        self.received = 0
-        self._lock = threading.Lock()
-        ae = AE(ae_title="SOAKDEST")
-        ae.maximum_associations = 200
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        self._server = ae.start_server(
-            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
-        )
-        self.port = int(self._server.server_address[1])
-
-    def _on_store(self, event: Any) -> int:
-        with self._lock:
-            self.received += 1
+    def on_store(event: Any) -> int:
+        nonlocal received
+        with lock:
+            received += 1
         return 0
 
-    def stop(self) -> None:
-        self._server.shutdown()
+    ae = AE(ae_title="SOAKDEST")
+    ae.maximum_associations = 200
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    ready.send(int(server.server_address[1]))
+    ready.recv()
+    server.shutdown()
+    ready.send(received)
 
 
 class Serve:
@@ -154,6 +156,39 @@ class Stats:
                 if len(self.examples) < 5:
                     self.examples.append(f"{operation}: {why}")
 
+    def as_plain(self) -> dict[str, Any]:
+        return {
+            "latency": dict(self.latency),
+            "failures": dict(self.failures),
+            "examples": self.examples,
+            "stored": self.stored,
+        }
+
+    def add(self, plain: dict[str, Any]) -> None:
+        for operation, times in plain["latency"].items():
+            self.latency[operation] += times
+        for operation, n in plain["failures"].items():
+            self.failures[operation] += n
+        self.examples += plain["examples"][: max(0, 5 - len(self.examples))]
+        self.stored += plain["stored"]
+
+
+def client_process(
+    port: int, until: float, seeds: list[int], targets: dict[str, str], *, hand_back: bool, out: Any
+) -> None:
+    """Some of the clients, as threads of one process (one process for all of them would
+    measure the GIL of the clients' own pynetdicom more than the server)."""
+    handed_back = HandBack() if hand_back else None
+    stats = Stats()
+    threads = [
+        threading.Thread(target=client, args=(port, until, seed, targets, stats)) for seed in seeds
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    out.put((stats.as_plain(), handed_back.count if handed_back is not None else 0))
+
 
 def final_status(responses: Any) -> int:
     answers = list(responses)
@@ -169,7 +204,7 @@ def client(port: int, until: float, seed: int, targets: dict[str, str], stats: S
     roles = [build_role(CTImageStorage, scu_role=True, scp_role=True)]
     handlers = [(evt.EVT_C_STORE, lambda event: 0)]  # C-GET's sub-operations
     serial = 0
-    while time.monotonic() < until:
+    while time.time() < until:
         started = time.perf_counter()
         assoc = ae.associate(
             "127.0.0.1", port, ae_title="FSQR", ext_neg=roles, evt_handlers=handlers
@@ -179,7 +214,7 @@ def client(port: int, until: float, seed: int, targets: dict[str, str], stats: S
             continue
         stats.record("associate", time.perf_counter() - started, True)
         for _ in range(REQUESTS_PER_ASSOCIATION):
-            if time.monotonic() >= until or not assoc.is_established:
+            if time.time() >= until or not assoc.is_established:
                 break
             operation = rng.choice(OPERATIONS)
             started = time.perf_counter()
@@ -271,10 +306,45 @@ def findable(port: int) -> int:
     return len(answers)
 
 
+def one_round(
+    port: int,
+    until: float,
+    seeds: list[int],
+    targets: dict[str, str],
+    *,
+    args: argparse.Namespace,
+    stats: Stats,
+) -> int:
+    """The clients of `seeds`, shared among `args.processes` processes, until `until`; their
+    results are added to `stats`. Returns how many responses their reactors handed back."""
+    spawn = multiprocessing.get_context("spawn")
+    results = spawn.Queue()
+    shares = [share for i in range(args.processes) if (share := seeds[i :: args.processes])]
+    processes = [
+        spawn.Process(
+            target=client_process,
+            args=(port, until, share, targets),
+            kwargs={"hand_back": not args.no_hand_back, "out": results},
+        )
+        for share in shares
+    ]
+    for process in processes:
+        process.start()
+    handed_back = 0
+    for _ in processes:
+        plain, back = results.get()
+        stats.add(plain)
+        handed_back += back
+    for process in processes:
+        process.join()
+    return handed_back
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--processes", type=int, default=5, help="the clients' processes")
     parser.add_argument("--rounds", type=int, default=1, help="the same load again, as often")
     parser.add_argument("--keep-log", type=Path, help="copy the server's log here at the end")
     parser.add_argument(
@@ -283,8 +353,14 @@ def main(argv: list[str] | None = None) -> int:
         help="let the clients' own reactor threads drop responses (see HandBack)",
     )
     args = parser.parse_args(argv)
-    hand_back = None if args.no_hand_back else HandBack()
-    destination = Destination()
+    spawn = multiprocessing.get_context("spawn")
+    ours, theirs = spawn.Pipe()
+    destination = spawn.Process(target=destination_process, args=(theirs,))
+    destination.start()
+    destination_port = ours.recv()
+    moved = 0
+    stats = Stats()
+    handed_back = 0
     with tempfile.TemporaryDirectory(prefix="fsqr-soak-") as folder:
         root = Path(folder) / "root"
         write_sample_data(root)
@@ -292,43 +368,45 @@ def main(argv: list[str] | None = None) -> int:
         config.write_text(
             "host: 127.0.0.1\nport: 0\nwatch: native\n"
             f"max_associations: {args.clients + 10}\n"
-            f"ae_table: {{SOAKDEST: {{host: 127.0.0.1, port: {destination.port}}}}}\n",
+            f"ae_table: {{SOAKDEST: {{host: 127.0.0.1, port: {destination_port}}}}}\n",
             encoding="utf-8",
         )
         server = Serve(root, config, Path(folder) / "fsqr.log")
         try:
             rss_start = rss_kib(server.process.pid)
             targets = smallest_series(server.port)
-            stats = Stats()
             rss_after: list[int] = []
             started = time.perf_counter()
             for round_ in range(args.rounds):
-                until = time.monotonic() + args.seconds
-                threads = [
-                    threading.Thread(
-                        target=client,
-                        args=(server.port, until, round_ * args.clients + n, targets, stats),
-                    )
-                    for n in range(args.clients)
-                ]
-                for thread in threads:
-                    thread.start()
-                for thread in threads:
-                    thread.join()
+                seeds = [round_ * args.clients + n for n in range(args.clients)]
+                handed_back += one_round(
+                    server.port, time.time() + args.seconds, seeds, targets, args=args, stats=stats
+                )
                 rss_after.append(rss_kib(server.process.pid))
             elapsed = time.perf_counter() - started
             found = findable(server.port)
         finally:
             server.stop()
-            destination.stop()
+            ours.send("stop")
+            moved = ours.recv()
+            destination.join(30)
             if args.keep_log:
                 args.keep_log.write_text((Path(folder) / "fsqr.log").read_text())
+    print(
+        f"{args.clients} clients in {args.processes} processes, {args.rounds} round(s), "
+        f"{elapsed:.1f} s; C-MOVE/C-GET fetch a series of {targets['instances']} instances"
+    )
+    report(stats, elapsed, found, moved)
+    after = ", ".join(f"{kib / 1024:.1f}" for kib in rss_after)
+    print(f"  server RSS {rss_start / 1024:.1f} MiB at start; after each round: {after} MiB")
+    if not args.no_hand_back:
+        print(f"  responses the clients' reactors took and handed back: {handed_back}")
+    return 0 if sum(stats.failures.values()) == 0 and found == stats.stored else 1
+
+
+def report(stats: Stats, elapsed: float, found: int, moved: int) -> None:
     requests = sum(len(v) for k, v in stats.latency.items() if k != "associate")
     failures = sum(stats.failures.values())
-    print(
-        f"{args.clients} clients, {args.rounds} round(s), {elapsed:.1f} s; "
-        f"C-MOVE/C-GET fetch a series of {targets['instances']} instances"
-    )
     print(f"  requests            {requests:8d}   {requests / elapsed:8.1f} /s")
     print(f"  failures            {failures:8d}   (target 0)")
     for operation in ("associate", *OPERATIONS):
@@ -342,12 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     for example in stats.examples:
         print(f"  e.g. {example}")
     print(f"  stored {stats.stored}, findable afterwards {found}   (target: equal)")
-    print(f"  moved to the destination: {destination.received} instances")
-    after = ", ".join(f"{kib / 1024:.1f}" for kib in rss_after)
-    print(f"  server RSS {rss_start / 1024:.1f} MiB at start; after each round: {after} MiB")
-    if hand_back is not None:
-        print(f"  responses the clients' reactors took and handed back: {hand_back.count}")
-    return 0 if failures == 0 and found == stats.stored else 1
+    print(f"  moved to the destination: {moved} instances")
 
 
 if __name__ == "__main__":
