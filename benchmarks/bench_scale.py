@@ -16,7 +16,9 @@ processes that send them 200 at a time, as the start-up scan's workers deliver w
 1. C-FIND: the server's own work per query, as the handler logs it ("fsqr X ms"): identifier
    parsed, index searched, every response data set built. No network. Targets at 100k: <= 1 ms
    with a unique key, <= 20 ms for a STUDY-level PatientName wildcard; the unique-key queries
-   at 1M no more than 2x their 10k figures.
+   and the wildcard with a literal start ("DOE^PATIENT0042*", looked up by name) at 1M no more
+   than 2x their 10k figures. A wildcard without one ("*PATIENT0042") still matches every
+   patient's name, and grows with the number of patients.
 2. Memory (`--memory`): resident set growth over the same process before indexing, divided by
    the instances indexed, in a fresh process per size. Target: <= 600 bytes per instance.
 3. Warm restart (`--restart`), the one mode that needs FILES: `synthetic.write_tree` writes them
@@ -179,7 +181,7 @@ def queries(instances: int) -> dict[str, Dataset]:
         "IMAGE of one series (25)": identifier(
             "IMAGE", StudyInstanceUID=study, SeriesInstanceUID=series, SOPInstanceUID=""
         ),
-        "STUDY PatientName=DOE^PATIENTnnnn*": identifier(
+        BY_NAME: identifier(
             "STUDY", PatientName=f"DOE^PATIENT{p:04d}*", StudyInstanceUID="", **study_keys
         ),
         "STUDY PatientName=*PATIENT0042": identifier(
@@ -189,6 +191,7 @@ def queries(instances: int) -> dict[str, Dataset]:
 
 
 UNIQUE = ("STUDY by StudyInstanceUID", "SERIES by SeriesInstanceUID", "IMAGE by SOPInstanceUID")
+BY_NAME = "STUDY PatientName=DOE^PATIENTnnnn*"  # a literal start: looked up, not scanned
 
 
 def own_work(index: Index, ds: Dataset, repeats: int) -> tuple[float, int]:
@@ -234,7 +237,7 @@ def bench_find(sizes: list[int], repeats: int) -> None:
         print(f"  {name:>40}" + "".join(f"{c:>14}" for c in cells))
     smallest, largest = sizes[0], sizes[-1]
     if largest > smallest:
-        for name in UNIQUE:
+        for name in (*UNIQUE, BY_NAME):
             ratio = table[largest][name][0] / table[smallest][name][0]
             print(f"  {name}: {largest:,} vs {smallest:,}: {ratio:.2f}x (target <= 2x)")
     print("  (targets at 100,000: unique key <= 1 ms, STUDY PatientName wildcard <= 20 ms)")

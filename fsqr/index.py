@@ -20,7 +20,10 @@ remembered; the first one indexed is served, and deleting it reveals the other. 
 knows a file is the newer copy (C-STORE with `on_duplicate: replace`) asks for it to be served.
 
 Files are also grouped by folder, so that a folder deleted, moved or rescanned costs a lookup
-per folder under it rather than a pass over every file.
+per folder under it rather than a pass over every file. And patients are also held by the folded
+terms of their PatientName (`names.PatientNames`, kept in step whenever a patient comes, goes or
+is renamed by a later file), so that a name key with a literal start ("DOE^*") looks up the few
+patients it may match (`patients_named`) rather than every patient being matched.
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from fsqr.keys import Level
+from fsqr.keys import Level, value_position
+from fsqr.names import PatientNames
 from fsqr.records import Instance, Parsed, Patient, Series, Study
+
+_NAME = value_position(Level.PATIENT, "PatientName")  # where a Patient record holds it
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,9 @@ class _StudyNode:
 @dataclass(slots=True, eq=False)
 class _PatientNode:
     record: Patient
+    # Patients are held in the order first indexed; this says where, to keep that order when
+    # patients are found by name.
+    order: int
     studies: dict[str, _StudyNode] = field(default_factory=dict)
     instances: int = 0
 
@@ -136,6 +145,8 @@ class Index:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._patients: dict[str, _PatientNode] = {}
+        self._patients_made = 0  # the next _PatientNode.order
+        self._names = PatientNames()  # every patient by the folded terms of its PatientName
         self._studies: dict[str, _StudyNode] = {}
         self._series: dict[str, _SeriesNode] = {}
         self._served: dict[str, Instance] = {}  # SOP Instance UID -> the copy that is served
@@ -307,8 +318,13 @@ class Index:
             self._patients[study.record.patient_id] if study else self._patients.get(p.patient_id)
         )
         if patient is None:
-            patient = self._patients[p.patient_id] = _PatientNode(p)
+            patient = self._patients[p.patient_id] = _PatientNode(p, self._patients_made)
+            self._patients_made += 1
+            self._names.add(p.patient_id, p.values[_NAME])
         elif patient.record.patient_id == p.patient_id:
+            if patient.record.values[_NAME] != p.values[_NAME]:
+                self._names.remove(p.patient_id, patient.record.values[_NAME])
+                self._names.add(p.patient_id, p.values[_NAME])
             patient.record = p
         if study is None:
             study = self._studies[st.study_uid] = _StudyNode(st)
@@ -348,6 +364,7 @@ class Index:
             del patient.studies[study.record.study_uid]
         if not patient.studies:
             del self._patients[patient.record.patient_id]
+            self._names.remove(patient.record.patient_id, patient.record.values[_NAME])
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -403,6 +420,17 @@ class Index:
         """
         with self._lock:
             return self._views(self._entities(level, uids))
+
+    def patients_named(self, prefixes: Iterable[str]) -> list[str]:
+        """The PatientIDs of the patients whose PatientName may match a key with these literal
+        starts (`matching.person_name_prefixes`), in the order `entities` gives patients.
+
+        A range lookup in the names, not a pass over the patients; like unique keys, it only
+        leaves out patients that cannot match, so the caller still matches every one.
+        """
+        with self._lock:
+            found = [self._patients[k] for k in self._names.candidates(prefixes)]
+            return [p.record.patient_id for p in sorted(found, key=lambda p: p.order)]
 
     def entities(self, level: Level, uids: dict[Level, Sequence[str]]) -> list[Entity]:
         """The entities at `level` narrowed by `uids` (as in `candidates`), as records only.

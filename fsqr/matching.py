@@ -44,6 +44,8 @@ __all__ = [
     "match_wildcard",
     "match_wildcard_compiled",
     "matcher",
+    "person_name_prefixes",
+    "person_name_terms",
 ]
 
 Matcher = Callable[[str], bool]
@@ -372,6 +374,58 @@ def _person_name_matcher(keys: Iterable[str]) -> Matcher:
         return False
 
     return test
+
+
+def person_name_terms(value: str) -> frozenset[str]:
+    """The folded strings a stored PN value is matched on, empty ones left out: for each of
+    its values, the whole name and each component group alone.
+
+    An index of names by these terms finds every name a key with a literal start can match
+    (see `person_name_prefixes`).
+
+    >>> sorted(person_name_terms("Yamada^Tarou=山田^太郎\\\\DOE^John^^"))
+    ['doe^john', 'yamada^tarou', 'yamada^tarou=山田^太郎', '山田^太郎']
+    """
+    terms: set[str] = set()
+    for name in value.split("\\"):
+        groups = _name_groups(name)
+        terms.add("=".join(groups))
+        terms.update(groups)
+    terms.discard("")
+    return frozenset(terms)
+
+
+def person_name_prefixes(pattern: str) -> tuple[str, ...] | None:
+    """What a stored PN value must begin with to match the Key Attribute `pattern`.
+
+    A value matches only if one of its `person_name_terms` starts with one of these folded,
+    literal prefixes (a key value up to its first wild card) or is one without its trailing
+    carets: "DOE^*" also matches a bare "DOE", whose missing components the matcher pads. A
+    key with "=" needs every group it gives to match, so the group with the longest literal
+    start stands for it. None when the key is universal or one of its values has no literal
+    start ("*SMITH", "?OE", "^*"): then every name must be matched.
+
+    >>> person_name_prefixes("Doe^J*\\\\MÜLLER"), person_name_prefixes("=山田*")
+    (('doe^j', 'muller'), ('山田',))
+    >>> person_name_prefixes("*SMITH"), person_name_prefixes("^*"), person_name_prefixes("*")
+    (None, None, None)
+    """
+    keys = _key_values("PN", pattern)
+    if keys is None:
+        return None
+    prefixes = []
+    for key in keys:
+        starts = [_literal_start(g) for g in _name_groups(key) if g]
+        longest = max(starts, key=lambda start: len(start.rstrip("^")), default="")
+        if not longest.rstrip("^"):
+            return None
+        prefixes.append(longest)
+    return tuple(dict.fromkeys(prefixes))
+
+
+def _literal_start(text: str) -> str:
+    """`text` up to its first wild card."""
+    return text[: min((text.find(c) for c in "*?" if c in text), default=len(text))]
 
 
 def _any_group(key_group: str) -> NameTest:

@@ -28,7 +28,7 @@ from fsqr.keys import (
     Model,
     unique_key,
 )
-from fsqr.matching import Matcher, is_universal, match, matcher
+from fsqr.matching import Matcher, is_universal, match, matcher, person_name_prefixes
 from fsqr.records import Instance, Patient, Series, Study
 from fsqr.scan import HeaderCache, element_text
 
@@ -219,7 +219,8 @@ def find(index: Index, query: Query, ae_title: str, headers: HeaderCache) -> Ite
     1. Keys of a level above the query level that the index holds (a PatientName wildcard at
        STUDY level, say) are matched against that level's records first, and the entities that
        match narrow the query like unique keys do: the patients whose name matches, then only
-       their studies.
+       their studies. A PatientName with a literal start is looked up by name first, so that
+       only the patients it may match are matched.
     2. The query level's candidates are copied out as records alone and every indexed key is
        matched against them, outside the index's lock.
     3. Only the entities that match are counted (NumberOf..., ModalitiesInStudy), a batch at
@@ -256,11 +257,16 @@ def _narrowed(index: Index, query: Query, tests: list[_RecordTest]) -> dict[Leve
     Each level above that has keys to match is matched on its own records, top first, and the
     Unique Keys of those that match narrow every level below. A level is not matched ahead when
     a unique key below it already names the candidates: looking those up is cheaper than
-    matching every entity of the level. Only entities that cannot match are ever dropped: the
-    query level matches every key again.
+    matching every entity of the level. Before all that, when no unique key is given, a
+    PatientName key with a literal start ("DOE^*") names the patients it may match through the
+    index's names, so that only those are matched. Only entities that cannot match are ever
+    dropped: the query level matches every key again.
     """
     given = query.narrowing()
     narrowing = dict(given)
+    by_name = None if given else _patients_by_name(index, query)
+    if by_name is not None:
+        narrowing[Level.PATIENT] = by_name
     for level in Level:
         if level.depth >= query.level.depth:
             break
@@ -274,6 +280,16 @@ def _narrowed(index: Index, query: Query, tests: list[_RecordTest]) -> dict[Leve
             if all(test(_record(entity, level).get(kw)) for kw, test in own)
         ]
     return narrowing
+
+
+def _patients_by_name(index: Index, query: Query) -> list[str] | None:
+    """The patients a PatientName key with a literal start ("DOE^*", "MÜLLER") may match,
+    looked up by name; None when there is no such key ("*SMITH" matches every name in turn)."""
+    for key in query.keys:
+        if key.source is Source.INDEX and key.keyword == "PatientName":
+            prefixes = person_name_prefixes(key.pattern)
+            return None if prefixes is None else index.patients_named(prefixes)
+    return None
 
 
 def instances_to_retrieve(index: Index, query: Query) -> list[Instance]:

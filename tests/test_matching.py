@@ -12,6 +12,8 @@ from fsqr.matching import (
     match,
     match_wildcard,
     matcher,
+    person_name_prefixes,
+    person_name_terms,
 )
 
 YAMADA = "Yamada^Tarou=山田^太郎=やまだ^たろう"  # PS3.5 Annex H, a Japanese name in three groups
@@ -537,3 +539,53 @@ def test_match_never_raises(vr: str, pattern: str, value: str) -> None:
 def test_text_value_matches_itself(vr: str, value: str) -> None:
     """A stored text value used as the key finds itself, wild cards and delimiters included."""
     assert match(vr, value, value)
+
+
+# -- what an index of names may rely on --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "prefixes"),
+    [
+        ("DOE^*", ("doe^",)),  # also admits a bare "DOE", padded to "DOE^^^^" by the matcher
+        ("Doe^J?hn", ("doe^j",)),
+        ("DOE^JOHN", ("doe^john",)),  # no wild card: the whole key
+        ("müller*\\SMITH", ("muller", "smith")),  # folded; one prefix per value
+        ("\uff24\uff2f\uff25*", ("doe",)),  # full-width letters fold to ASCII
+        ("=山田*", ("山田",)),  # "=": any group it gives stands for the key
+        ("Yamada^T*=山田^太*", ("yamada^t",)),  # ... the one with the longest literal start
+        ("*SMITH", None),  # no literal start: every name must be matched
+        ("?OE", None),
+        ("DOE*\\*SMITH", None),  # one value without a literal start is enough
+        ("^*", None),  # carets only: an empty name matches it, padded
+        ("*", None),  # universal
+        ("", None),
+        ("^", None),
+    ],
+)
+def test_person_name_prefixes(pattern: str, prefixes: tuple[str, ...] | None) -> None:
+    assert person_name_prefixes(pattern) == prefixes
+
+
+NAME_PIECES = st.sampled_from(
+    [*"*?\\=^ ", "^*", "", "DOE", "doe", "Dö", "E", "J", "\uff24", "山田", "だ", "Yamada", "\u0301"]
+)
+NAMES = st.lists(st.one_of(NAME_PIECES, st.text(max_size=3)), max_size=8).map("".join)
+
+
+@settings(database=None, max_examples=1500, deadline=None)
+@given(pattern=NAMES, value=NAMES, from_key=st.booleans())
+def test_a_name_that_matches_has_a_term_with_a_prefix_of_the_key(
+    pattern: str, value: str, from_key: bool
+) -> None:
+    """What lets an index find names by their literal start: no name that matches is missed."""
+    if from_key:  # a name made from the key, that often matches it: "DOE^*" gives "DOE^"
+        value = pattern.replace("*", value).replace("?", "E")
+    prefixes = person_name_prefixes(pattern)
+    if prefixes is None or not match("PN", pattern, value):
+        return
+    assert any(
+        term.startswith(prefix) or term == prefix.rstrip("^")
+        for term in person_name_terms(value)
+        for prefix in prefixes
+    )
