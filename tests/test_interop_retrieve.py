@@ -30,7 +30,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_role, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RSP, C_STORE_RQ
+from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
@@ -1026,3 +1026,38 @@ def test_the_pending_retrieve_command_set_is_pynetdicoms_to_the_byte(primitive: 
     field = 0x8021 if primitive is C_MOVE else 0x8010
     made = handlers.retrieve_pending_command(field, STUDY_MOVE, 513, (65535, 2, 1, 0))
     assert made == expected
+
+
+@pytest.mark.parametrize(
+    ("code", "comment"),
+    [(0x0000, None), (0xA700, "Disk full"), (0xB000, "coerced"), (0xC123, "odd")],
+    ids=["success", "out-of-resources", "warning", "failure-odd-length-comment"],
+)
+def test_a_store_response_is_read_as_pynetdicom_would(code: int, comment: str | None) -> None:
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = 4097
+    response.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    response.AffectedSOPInstanceUID = "1.2.3.4.5"
+    response.Status = code
+    if comment is not None:
+        response.ErrorComment = comment
+    message = C_STORE_RSP()
+    message.primitive_to_message(response)
+    read = handlers.read_store_response(encode(message.command_set, True, True))
+    assert read == handlers.StoreResponse(4097, code, comment or "")
+
+
+def test_any_other_command_is_left_to_pynetdicom() -> None:
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    request.AffectedSOPInstanceUID = "1.2.3.4.5"
+    request.Priority = 0
+    request.DataSet = BytesIO(b"\x08\x00\x18\x00\x00\x00\x00\x00")
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    command = encode(message.command_set, True, True)
+    assert handlers.read_store_response(command) is None
+    pending = handlers.retrieve_pending_command(0x8021, STUDY_MOVE, 1, (1, 0, 0, 0))
+    assert handlers.read_store_response(pending) is None
+    assert handlers.read_store_response(pending[:-1]) is None  # cut short
