@@ -47,17 +47,27 @@ IDLE_CHECK = 0.05  # seconds
 
 
 class _WakeUp:
-    """A socket pair: `wake()` makes the read end readable, so `select()` returns at once."""
+    """A socket pair: `wake()` makes the read end readable, so `select()` returns at once.
+
+    Only while the DUL thread waits (`waiting`): a busy one looks at its queues anyway, and a
+    C-STORE of a large instance queues a PDU every 16 KiB. The DUL thread sets `waiting` before
+    it looks at its queues a last time, and a producer puts before it reads `waiting`, so either
+    the DUL thread sees the item or the producer sees it waiting (threads interleave only
+    between the GIL's steps).
+    """
 
     def __init__(self) -> None:
         self._read, self._write = socket.socketpair()
         self._read.setblocking(False)
         self._write.setblocking(False)
+        self.waiting = False
 
     def fileno(self) -> int:
         return self._read.fileno()
 
     def wake(self) -> None:
+        if not self.waiting:
+            return
         # A full buffer already means "wake up"; a closed pair means nobody waits any more.
         with contextlib.suppress(OSError):
             self._write.send(b"\0")
@@ -189,9 +199,15 @@ def _wait_for_work(dul: Any, wake_up: _WakeUp) -> None:
     sock = getattr(dul.socket, "socket", None)
     if sock is not None and sock.fileno() >= 0 and getattr(dul.socket, "_is_connected", False):
         waiting_on.append(sock)
-    with contextlib.suppress(OSError, ValueError):  # closed under us: the next turn reads Evt17
-        select.select(waiting_on, [], [], timeout)
-    wake_up.drain()
+    wake_up.waiting = True
+    try:
+        if dul._kill_thread or dul.to_provider_queue.qsize() or dul.event_queue.qsize():
+            return  # came while this turn went by: no wake-up was sent for it
+        with contextlib.suppress(OSError, ValueError):  # closed under us: the next turn: Evt17
+            select.select(waiting_on, [], [], timeout)
+    finally:
+        wake_up.waiting = False
+        wake_up.drain()
 
 
 def _abort(dul: Any) -> None:
