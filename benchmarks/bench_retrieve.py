@@ -204,21 +204,26 @@ def median_of_complete(action: Callable[[], float | None], repeats: int, label: 
     return statistics.median(times)
 
 
+def write_files(folder: Path, instances: int, rows: int) -> list[Path]:
+    """`instances` synthetic images of `rows` x `rows`, 50 to a patient, under `folder`."""
+    patients, studies, series, per_series = tree_split(instances)
+    return write_tree(
+        folder,
+        patients=patients,
+        studies_per_patient=studies,
+        series_per_study=series,
+        instances_per_series=per_series,
+        rows=rows,
+        columns=rows,
+    )
+
+
 def bench_size(name: str, rows: int, instances: int, repeats: int, *, qr: bool, links: int) -> None:
     with tempfile.TemporaryDirectory(prefix="fsqr-bench-retrieve-") as tmp:
         work = Path(tmp)
         files = work / "files"
-        patients, studies, series, per_series = tree_split(instances)
         started = time.perf_counter()
-        paths = write_tree(
-            files,
-            patients=patients,
-            studies_per_patient=studies,
-            series_per_study=series,
-            instances_per_series=per_series,
-            rows=rows,
-            columns=rows,
-        )
+        paths = write_files(files, instances, rows)
         n = len(paths)
         size = sum(p.stat().st_size for p in paths)
         print(
@@ -305,14 +310,7 @@ def bench_lost_responses(instances: int, every: int) -> None:
     with tempfile.TemporaryDirectory(prefix="fsqr-bench-lost-") as tmp:
         work = Path(tmp)
         files = work / "files"
-        patients, studies, series, per_series = tree_split(instances)
-        paths = write_tree(
-            files,
-            patients=patients,
-            studies_per_patient=studies,
-            series_per_study=series,
-            instances_per_series=per_series,
-        )
+        paths = write_files(files, instances, rows=16)
         studies_ = list(studies_of(paths))
         print(f"\nlost responses: one C-MOVE of {len(paths)} small instances")
         for label, unanswered in (("every response", 0), (f"1 in {every} unanswered", every)):
