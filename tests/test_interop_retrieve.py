@@ -369,13 +369,24 @@ def assert_received_as_stored(folder: Path, sample: Sample, expected: list[str])
 
 
 @pytest.mark.dcmtk
+@pytest.mark.parametrize(
+    ("options", "associations"),
+    [((), 1), (("--fork",), 4)],
+    ids=["one-association", "four-associations-to-a-forking-storescp"],
+)
 def test_movescu_to_storescp_delivers_every_instance_as_stored(
-    sample: Sample, start_server: Callable[..., Server], storescp: Callable[..., tuple[int, Path]]
+    sample: Sample,
+    start_server: Callable[..., Server],
+    storescp: Callable[..., tuple[int, Path]],
+    options: tuple[str, ...],
+    associations: int,
 ) -> None:
     """All seven studies in one C-MOVE (a UID list): storescp gets each data set byte for byte,
-    except the Deflated one, which storescp does not accept and gets converted."""
-    port, folder = storescp()
-    server = start_server(sample.root, ae_table={"STORESCP": {"host": "127.0.0.1", "port": port}})
+    except the Deflated one, which storescp does not accept and gets converted; over one
+    association, or four at once (`associations: 4`)."""
+    port, folder = storescp(*options)
+    peer = {"host": "127.0.0.1", "port": port, "associations": associations}
+    server = start_server(sample.root, ae_table={"STORESCP": peer})
     done = run_dcmtk(
         "movescu", "-S", "-aec", "FSQR", "-aem", "STORESCP",
         "-k", "QueryRetrieveLevel=STUDY",
@@ -676,23 +687,6 @@ def test_a_destination_with_three_associations_gets_three_at_once(
     assert last.Status == status.SUCCESS
     assert counts(last) == (None, len(uids), 0, 0)
     assert set(dest.received) == set(uids)
-
-
-@pytest.mark.dcmtk
-def test_movescu_to_a_forking_storescp_over_four_associations_delivers_every_instance(
-    sample: Sample, start_server: Callable[..., Server], storescp: Callable[..., tuple[int, Path]]
-) -> None:
-    port, folder = storescp("--fork")
-    peer = {"host": "127.0.0.1", "port": port, "associations": 4}
-    server = start_server(sample.root, ae_table={"STORESCP": peer})
-    done = run_dcmtk(
-        "movescu", "-S", "-aec", "FSQR", "-aem", "STORESCP",
-        "-k", "QueryRetrieveLevel=STUDY",
-        "-k", "StudyInstanceUID=" + "\\".join(sample.studies()),
-        "127.0.0.1", str(server.port),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert sorted(received_files(folder)) == sorted(sample.by_uid)
 
 
 def test_files_deleted_or_replaced_after_indexing_fail_the_rest_go_and_the_index_is_corrected(

@@ -712,17 +712,22 @@ def test_an_unreachable_destination_fails_everything_once(
     assert len(attempts) == 1
 
 
-def test_the_instance_a_link_broke_on_is_sent_again_over_a_new_one(
-    series: list[Instance], indexed: Callable[..., Instance]
-) -> None:
-    """A lost response costs one timeout and one more C-STORE, never the instance."""
-    lost = series[1].sop_instance_uid
+def losing(lost: str) -> Callable[[retrieve.Outgoing], Stored]:
+    """A link's answer: `lost`'s response never comes (the link breaks); the rest succeed."""
 
     def answer(outgoing: retrieve.Outgoing) -> Stored:
         if outgoing.sop_instance_uid == lost:
             return Stored(None, "no C-STORE response within 1 s", usable=False)
         return Stored(0x0000)
 
+    return answer
+
+
+def test_the_instance_a_link_broke_on_is_sent_again_over_a_new_one(
+    series: list[Instance], indexed: Callable[..., Instance]
+) -> None:
+    """A lost response costs one timeout and one more C-STORE, never the instance."""
+    answer = losing(series[1].sop_instance_uid)
     first, second = FakeLink(every_class(ELE), answer), FakeLink(every_class(ELE))
     outcome = run(series, index_of(indexed), iter([first, second]))
     assert outcome.status == status.SUCCESS
@@ -736,13 +741,7 @@ def test_an_instance_is_sent_again_once_then_fails_and_the_rest_go_on(
     series: list[Instance], indexed: Callable[..., Instance]
 ) -> None:
     lost = series[1].sop_instance_uid
-
-    def answer(outgoing: retrieve.Outgoing) -> Stored:
-        if outgoing.sop_instance_uid == lost:
-            return Stored(None, "no C-STORE response within 1 s", usable=False)
-        return Stored(0x0000)
-
-    links = [FakeLink(every_class(ELE), answer) for _ in range(3)]
+    links = [FakeLink(every_class(ELE), losing(lost)) for _ in range(3)]
     outcome = run(series, index_of(indexed), iter(links))
     assert outcome.status == status.SUBOPS_WITH_FAILURES
     assert outcome.tally.failed_uids == [lost]
