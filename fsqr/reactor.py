@@ -1,4 +1,4 @@
-"""Wait, don't poll: event-driven loops for the associations fsqr accepts.
+"""Wait, don't poll: event-driven loops for the associations fsqr accepts and opens.
 
 pynetdicom runs two loops for each association, and each sleeps 1 ms whenever it finds nothing to
 do (its own source calls this a TODO):
@@ -6,8 +6,8 @@ do (its own source calls this a TODO):
     sends the PDUs that others queue for it;
   - the association thread takes each complete DIMSE message the DUL has decoded and dispatches
     it to a handler, and notices A-RELEASE, A-ABORT and the network timeout.
-So a request waits up to 1 ms to be read and 1 ms more to be dispatched, and every response of a
-C-FIND waits up to 1 ms to be sent: a 25-answer C-FIND spent most of its time asleep.
+So a request could wait up to 1 ms to be read and 1 ms more to be dispatched, each response up
+to 1 ms to be sent, and an idle association woke a thousand times a second, twice.
 
 `serve_without_polling` gives one association, before its threads start, loops that block until
 there is work: the DUL thread in `select()` on its socket and on a wake-up socket, the association

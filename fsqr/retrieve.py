@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import array
 import enum
+import functools
 import logging
 import os
 import threading
@@ -720,13 +721,11 @@ def run(
     try:
         for batch in batches:
             waiting = deque(batch.instances)
-            senders = [
-                _Sender(batch, waiting, open_link, transfer, reopen)
-                for _ in range(1, min(links, len(waiting)))
-            ]
+            share = functools.partial(_send_over_links, batch, waiting, open_link, transfer, reopen)
+            senders = [_Sender(share) for _ in range(1, min(links, len(waiting)))]
             for sender in senders:
                 sender.start()
-            _send_over_links(batch, waiting, open_link, transfer, reopen)
+            share()
             for sender in senders:
                 sender.join()
                 if sender.error is not None:
@@ -743,23 +742,16 @@ def run(
 
 
 class _Sender(threading.Thread):
-    """`_send_over_links` on a thread of its own; what it raises is raised again by `run`."""
+    """`work` on a thread of its own; what it raises is raised again by `run`."""
 
-    def __init__(
-        self,
-        batch: Batch,
-        waiting: deque[Instance],
-        open_link: Callable[[Batch], Link],
-        transfer: _Transfer,
-        reopen: bool,
-    ) -> None:
+    def __init__(self, work: Callable[[], None]) -> None:
         super().__init__(name="fsqr-sub-operations", daemon=True)
-        self._work = (batch, waiting, open_link, transfer, reopen)
+        self._work = work
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            _send_over_links(*self._work)
+            self._work()
         except BaseException as exc:
             self.error = exc
 
