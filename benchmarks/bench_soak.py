@@ -13,7 +13,8 @@ concurrent associations, which Python's allocator keeps; a later round that grow
 The server runs in its own process, as users run it. Nothing here is a test.
 
 The clients are pynetdicom SCUs, whose own reactor threads may take a response meant for the
-request they just sent; `HandBack` gives such responses back and the report counts them.
+request they just sent (pynetdicom issues #435, #875); they run with fsqr's fix for that race,
+`fsqr.reactor.get_msg_unless_paused`, unless `--pynetdicom-race` is given.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from common import percentile
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_role, evt
-from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
@@ -46,6 +47,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from fsqr.reactor import get_msg_unless_paused
 from fsqr.synthetic import make_instance, synthetic_uid, write_sample_data
 
 FIND = StudyRootQueryRetrieveInformationModelFind
@@ -112,34 +114,6 @@ class Serve:
         self._log.close()
 
 
-class HandBack:
-    """Gives back to each client association the DIMSE responses its own reactor thread takes.
-
-    pynetdicom as an SCU races itself: send_c_echo (and the other send_* methods) clears the
-    reactor's checkpoint and waits for `_is_paused`, which is still True from the reactor's last
-    pass when the clear lands just after the reactor went through the checkpoint; the reactor
-    then takes the response off the DIMSE queue and drops it, and the sender waits out its DIMSE
-    timeout (pynetdicom issues #435, #875). Seen against a plain pynetdicom echo SCP, with fsqr
-    nowhere: 20 threads x 150 C-ECHOs lost 9 to 19 responses of 3,000 per run, and none with this
-    hand-back. A response that never arrives still fails, so fsqr's own losses still count.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.count = 0
-        serve = Association._serve_request
-
-        def serve_request(assoc: Any, msg: Any, context_id: int) -> None:
-            if msg is not None and msg.is_valid_response:
-                with self.lock:
-                    self.count += 1
-                assoc.dimse.msg_queue.put((context_id, msg))
-            else:
-                serve(assoc, msg, context_id)
-
-        Association._serve_request = serve_request  # type: ignore[method-assign]
-
-
 class Stats:
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -174,11 +148,12 @@ class Stats:
 
 
 def client_process(
-    port: int, until: float, seeds: list[int], targets: dict[str, str], *, hand_back: bool, out: Any
+    port: int, until: float, seeds: list[int], targets: dict[str, str], *, race: bool, out: Any
 ) -> None:
     """Some of the clients, as threads of one process (one process for all of them would
     measure the GIL of the clients' own pynetdicom more than the server)."""
-    handed_back = HandBack() if hand_back else None
+    if not race:
+        DIMSEServiceProvider.get_msg = get_msg_unless_paused  # type: ignore[method-assign]
     stats = Stats()
     threads = [
         threading.Thread(target=client, args=(port, until, seed, targets, stats)) for seed in seeds
@@ -187,7 +162,7 @@ def client_process(
         thread.start()
     for thread in threads:
         thread.join()
-    out.put((stats.as_plain(), handed_back.count if handed_back is not None else 0))
+    out.put(stats.as_plain())
 
 
 def final_status(responses: Any) -> int:
@@ -314,9 +289,9 @@ def one_round(
     *,
     args: argparse.Namespace,
     stats: Stats,
-) -> int:
+) -> None:
     """The clients of `seeds`, shared among `args.processes` processes, until `until`; their
-    results are added to `stats`. Returns how many responses their reactors handed back."""
+    results are added to `stats`."""
     spawn = multiprocessing.get_context("spawn")
     results = spawn.Queue()
     shares = [share for i in range(args.processes) if (share := seeds[i :: args.processes])]
@@ -324,20 +299,16 @@ def one_round(
         spawn.Process(
             target=client_process,
             args=(port, until, share, targets),
-            kwargs={"hand_back": not args.no_hand_back, "out": results},
+            kwargs={"race": args.pynetdicom_race, "out": results},
         )
         for share in shares
     ]
     for process in processes:
         process.start()
-    handed_back = 0
     for _ in processes:
-        plain, back = results.get()
-        stats.add(plain)
-        handed_back += back
+        stats.add(results.get())
     for process in processes:
         process.join()
-    return handed_back
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,9 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="the same load again, as often")
     parser.add_argument("--keep-log", type=Path, help="copy the server's log here at the end")
     parser.add_argument(
-        "--no-hand-back",
+        "--pynetdicom-race",
         action="store_true",
-        help="let the clients' own reactor threads drop responses (see HandBack)",
+        help="leave the clients' reactor threads free to drop responses (pynetdicom #435, #875)",
     )
     args = parser.parse_args(argv)
     spawn = multiprocessing.get_context("spawn")
@@ -360,7 +331,6 @@ def main(argv: list[str] | None = None) -> int:
     destination_port = ours.recv()
     moved = 0
     stats = Stats()
-    handed_back = 0
     with tempfile.TemporaryDirectory(prefix="fsqr-soak-") as folder:
         root = Path(folder) / "root"
         write_sample_data(root)
@@ -379,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             for round_ in range(args.rounds):
                 seeds = [round_ * args.clients + n for n in range(args.clients)]
-                handed_back += one_round(
+                one_round(
                     server.port, time.time() + args.seconds, seeds, targets, args=args, stats=stats
                 )
                 rss_after.append(rss_kib(server.process.pid))
@@ -399,8 +369,6 @@ def main(argv: list[str] | None = None) -> int:
     report(stats, elapsed, found, moved)
     after = ", ".join(f"{kib / 1024:.1f}" for kib in rss_after)
     print(f"  server RSS {rss_start / 1024:.1f} MiB at start; after each round: {after} MiB")
-    if not args.no_hand_back:
-        print(f"  responses the clients' reactors took and handed back: {handed_back}")
     return 0 if sum(stats.failures.values()) == 0 and found == stats.stored else 1
 
 

@@ -22,7 +22,8 @@ The loops do what pynetdicom's `DULServiceProvider.run_reactor` and
 pynetdicom internals, here only: DULServiceProvider's queues, `_process_recv_primitive`,
 `_is_transport_event`, `_idle_timer`, `artim_timer`, `_kill_thread`, `state_machine` and `socket`;
 Association's `_run_reactor`, `_serve_request`, `_kill`, `_sent_abort`, `_is_paused`,
-`_reactor_checkpoint`, `_dul_ready` and `dimse.msg_queue`; AE's `_create_socket`.
+`_reactor_checkpoint`, `_dul_ready` and `dimse.msg_queue`; DIMSEServiceProvider's `get_msg`;
+AE's `_create_socket`.
 tests/test_reactor.py fails if a release changes them.
 """
 
@@ -38,6 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE, evt
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,32 @@ class WaitingAE(AE):
     def _create_socket(self, assoc: Any, address: Any, tls_args: Any) -> Any:
         serve_without_polling(assoc)
         return super()._create_socket(assoc, address, tls_args)
+
+
+_GET_MSG = DIMSEServiceProvider.get_msg
+
+
+def get_msg_unless_paused(dimse: Any, block: bool = False) -> Any:
+    """`DIMSEServiceProvider.get_msg`, but the reactor's look (`block=False`) finds nothing while
+    the association's reactor checkpoint is cleared.
+
+    pynetdicom's send_*() and release() pause the association's reactor thread so that it keeps
+    off the responses they wait for: they clear `_reactor_checkpoint`, then wait for
+    `_is_paused`. The reactor sets `_is_paused` before its checkpoint and clears it after, so a
+    clear that lands just after the reactor went through finds `_is_paused` still true; the
+    sender goes on, and the reactor takes the response off the queue and drops it as an
+    unexpected message (pynetdicom issues #435, #875). A pynetdicom client then misses a pending
+    C-FIND response, or waits out its DIMSE timeout for a C-STORE response. Looking at the
+    checkpoint again here, after `_is_paused` was cleared, closes that gap: a sender that cleared
+    it before this look is kept out, and one that clears it after waits for `_is_paused`, which
+    the reactor sets only once this look is over.
+
+    fsqr's own association loop uses it; tests and benchmarks set it on pynetdicom's class for
+    their pynetdicom clients.
+    """
+    if not block and not dimse.assoc._reactor_checkpoint.is_set():
+        return None, None
+    return _GET_MSG(dimse, block)
 
 
 def serve_without_polling(assoc: Any, ended: Callable[[Any, str], None] | None = None) -> None:
@@ -234,7 +262,7 @@ def _association_loop(assoc: Any, work: threading.Event) -> str:
         assoc._is_paused = False
         work.clear()  # anything put from here on wakes the wait below
 
-        context_id, msg = assoc.dimse.get_msg(block=False)
+        context_id, msg = get_msg_unless_paused(assoc.dimse)
         if msg:
             assoc._serve_request(msg, context_id)
             continue

@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.dul import DULServiceProvider
 
+from fsqr import reactor
 from fsqr.server import Server
 from fsqr.synthetic import write_sample_data
 from tests import test_interop_retrieve
@@ -118,6 +121,44 @@ def test_the_pynetdicom_internals_the_loops_use_are_still_there() -> None:
     assert isinstance(assoc._dul_ready, threading.Event)
     assert assoc.network_timeout_response in ("A-ABORT", "A-RELEASE")
     assert callable(AE()._create_socket)
+    assert reactor._GET_MSG.__code__.co_varnames[:2] == ("self", "block")  # pynetdicom's own
+
+
+def test_a_reactor_that_went_through_its_checkpoint_leaves_the_senders_response_alone() -> None:
+    """The interleaving of pynetdicom issues #435 and #875, step by step, as two threads can
+    take it: the reactor is through its checkpoint with `_is_paused` still true when a sender
+    pauses it, sends, and gets its response queued before the reactor looks at the queue."""
+    assoc = Association(AE(), "requestor")
+    response = C_ECHO()
+    response.MessageIDBeingRespondedTo = 1
+    response.Status = 0x0000
+
+    assoc._is_paused = True  # reactor: before its checkpoint ...
+    assoc._reactor_checkpoint.wait()  # ... which is open, so it goes through
+    assoc._reactor_checkpoint.clear()  # sender: pause the reactor
+    assert assoc._is_paused  # sender: it looks paused, so send; the response comes
+    assoc.dimse.msg_queue.put((1, response))
+    assoc._is_paused = False  # reactor: after its checkpoint, it looks at the queue
+
+    assert reactor.get_msg_unless_paused(assoc.dimse) == (None, None)
+    assert assoc.dimse.get_msg(block=True) == (1, response)  # the sender's, as it should be
+
+    # pynetdicom's own get_msg would have handed the response to the reactor, which drops it.
+    assoc.dimse.msg_queue.put((1, response))
+    assert reactor._GET_MSG(assoc.dimse, False) == (1, response)
+
+
+def test_an_open_checkpoint_lets_the_reactor_take_requests() -> None:
+    assoc = Association(AE(), "requestor")
+    assert reactor.get_msg_unless_paused(assoc.dimse) == (None, None)  # nothing queued
+    assoc.dimse.msg_queue.put((3, "request"))
+    assert reactor.get_msg_unless_paused(assoc.dimse) == (3, "request")
+
+
+def test_the_suites_pynetdicom_clients_run_with_the_fix() -> None:
+    """conftest.py sets it on pynetdicom's class; without it, tests fail now and then for the
+    clients' sake (a CI run once lost a pending C-FIND response to it)."""
+    assert DIMSEServiceProvider.get_msg is reactor.get_msg_unless_paused
 
 
 def test_pynetdicoms_message_logs_are_unbound_while_nobody_would_see_them(
