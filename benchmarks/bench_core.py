@@ -40,8 +40,9 @@ from fsqr.keys import Level, Model
 from fsqr.query import find as find_answers
 from fsqr.query import parse_identifier
 from fsqr.records import Parsed
-from fsqr.scan import HeaderCache, scan_files, walk
+from fsqr.scan import HeaderCache, scan_files
 from fsqr.synthetic import tree_split, write_tree
+from fsqr.tree import walk
 
 FIND = StudyRootQueryRetrieveInformationModelFind
 

@@ -55,9 +55,10 @@ from fsqr.index import Index
 from fsqr.keys import KEY_BY_KEYWORD, Model
 from fsqr.query import find, parse_identifier
 from fsqr.records import Parsed
-from fsqr.scan import HeaderCache, walk
+from fsqr.scan import HeaderCache
 from fsqr.server import Server
 from fsqr.synthetic import synthetic_uid, tree_split, write_tree
+from fsqr.tree import walk
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"

@@ -200,8 +200,10 @@ class Index:
             self._waiting.setdefault(uid, []).append(parsed)
 
     def add_many(self, parsed: Iterable[Parsed]) -> None:
-        for p in parsed:
-            self.add(p)
+        """`add` each, under one hold of the lock (a whole index from a snapshot at once)."""
+        with self._lock:
+            for p in parsed:
+                self._add(p, False)
 
     def remove_path(self, path: str) -> Instance | None:
         """Forget the file at `path`; returns what it held, or None if it was not indexed."""
@@ -311,6 +313,15 @@ class Index:
         # that every node is found under its parent and no parent is left empty.
         p, st, se = parsed.patient, parsed.study, parsed.series
         series = self._series.get(se.series_uid)
+        if series is not None and series.record is se:
+            # The very records its series was last filed with (the files of a snapshot or of a
+            # scan's chunk share them): only the instance is new.
+            its_study = self._studies[se.study_uid]
+            if its_study.record is st:
+                its_patient = self._patients[st.patient_id]
+                if its_patient.record is p:
+                    self._link_instance(parsed.instance, series, its_study, its_patient)
+                    return
         study = (
             self._studies[series.record.study_uid] if series else self._studies.get(st.study_uid)
         )
@@ -338,7 +349,11 @@ class Index:
         else:
             held = series.record.study_uid
             series.record = se if se.study_uid == held else replace(se, study_uid=held)
-        instance = parsed.instance
+        self._link_instance(parsed.instance, series, study, patient)
+
+    def _link_instance(
+        self, instance: Instance, series: _SeriesNode, study: _StudyNode, patient: _PatientNode
+    ) -> None:
         series.instances.append(instance.sop_instance_uid)
         series.sop_classes[instance.sop_class_uid] += 1
         study.instances += 1

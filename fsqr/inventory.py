@@ -18,7 +18,8 @@ from typing import Any
 from pydicom import dcmread
 
 from fsqr.records import Parsed, Skipped
-from fsqr.scan import scan_files, walk
+from fsqr.scan import scan_files
+from fsqr.tree import walk
 
 
 @dataclass(slots=True)

@@ -1,6 +1,7 @@
 """From files to records: one file's header to a `Parsed` or a `Skipped` (pure), and the start-up
-walk that does this for a whole tree, on every core. A header is read by header.py's fast reader
-first; pydicom reads whatever that one declines, and is the reference it is tested against.
+scan that does this for every file of a tree (tree.py finds them), on every core. A header is
+read by header.py's fast reader first; pydicom reads whatever that one declines, and is the
+reference it is tested against.
 
 This module reads files and nothing else: it knows neither the index's locking nor networking.
 """
@@ -15,7 +16,6 @@ import warnings
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from pathlib import Path
 from typing import BinaryIO
 
 from pydicom.dataset import Dataset
@@ -49,8 +49,6 @@ from fsqr.header import without_pixel_data as without_pixel_data  # noqa: PLC041
 from fsqr.records import Parsed, Patient, Series, Skipped, Study, stat_stamp
 
 log = logging.getLogger(__name__)
-
-TEMP_PREFIX = ".fsqr-"  # files fsqr is still writing (storage.py); never indexed
 
 # Below this many files the start-up scan reads them in this process alone: a worker process
 # takes about a quarter of a second to start and import pydicom, time in which this process
@@ -181,57 +179,6 @@ def parsed_from_dataset(
         transfer_syntax=transfer_syntax,
         inode=inode,
     )
-
-
-def is_candidate_name(name: str) -> bool:
-    """False for files the scan never looks at: fsqr's own files still being written, and
-    Modality Worklist items (`.wl`, see worklist.py), which are scheduled work, not images.
-
-    >>> is_candidate_name(".fsqr-1234.tmp"), is_candidate_name("item.wl")
-    (False, False)
-    >>> is_candidate_name("IMG0001.dcm")
-    True
-    """
-    return not name.startswith(TEMP_PREFIX) and not name.lower().endswith(".wl")
-
-
-def is_inside(path: str, root_real: str) -> bool:
-    """True if the real path `path` is `root_real` or below it."""
-    return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
-
-
-def walk(root: Path, boundary: Path | None = None) -> Iterator[str]:
-    """Every candidate file under `root`, following symlinks only while they stay inside it.
-
-    A symlink that leads outside the root is not followed (the server serves its folder, not
-    the machine), and a folder reached twice (a symlink loop) is walked once. `boundary` is the
-    served root when `root` is only a folder below it (a rescan): links may lead anywhere in it.
-    """
-    root_real = os.path.realpath(root if boundary is None else boundary)
-    seen_dirs: set[tuple[int, int]] = set()
-    stack = [str(root)]
-    while stack:
-        folder = stack.pop()
-        try:
-            st = os.stat(folder)
-            if (st.st_dev, st.st_ino) in seen_dirs:
-                continue
-            seen_dirs.add((st.st_dev, st.st_ino))
-            entries = list(os.scandir(folder))
-        except OSError as exc:
-            log.warning("cannot read folder %s: %s", folder, exc)
-            continue
-        for entry in sorted(entries, key=lambda e: e.name, reverse=True):
-            try:
-                if entry.is_symlink() and not is_inside(os.path.realpath(entry.path), root_real):
-                    log.debug("not following %s: it leads outside the root", entry.path)
-                    continue
-                if entry.is_dir():
-                    stack.append(entry.path)
-                elif entry.is_file() and is_candidate_name(entry.name):
-                    yield entry.path
-            except OSError as exc:
-                log.debug("cannot stat %s: %s", entry.path, exc)
 
 
 def _read_chunk(paths: list[str]) -> list[Parsed | Skipped]:

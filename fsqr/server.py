@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
+from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -37,9 +38,10 @@ from fsqr.index import Index
 from fsqr.keys import FIND_MODELS, GET_MODELS, MODALITY_WORKLIST_FIND, MOVE_MODELS
 from fsqr.operations import Operations
 from fsqr.records import Parsed, Skipped
-from fsqr.scan import scan_files, walk
+from fsqr.scan import scan_files
 from fsqr.security import server_context
 from fsqr.snapshot import partition, read_snapshot, write_snapshot
+from fsqr.tree import walk
 from fsqr.watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -184,12 +186,15 @@ class Server:
         to_read = paths
         snapshot = None
         if self.config.index_snapshot is not None:
-            snapshot = read_snapshot(self.config.index_snapshot, self.config.root)
+            with _collector_paused():
+                snapshot = read_snapshot(self.config.index_snapshot, self.config.root)
         if snapshot is not None:
             with _collector_paused():
                 known, to_read = partition(snapshot, paths)
+                self.index.add_many(r for r in known if isinstance(r, Parsed))
                 for result in known:
-                    self._keep(result)
+                    if isinstance(result, Skipped):
+                        self._keep(result)
             log.info("index snapshot: %d files unchanged, %d to read", len(known), len(to_read))
         for result in scan_files(to_read, self.config.scan_workers, self._progress):
             self._keep(result)
@@ -259,9 +264,10 @@ class Server:
 
 @contextmanager
 def _collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while records that all live on are made (a whole
-    index from a snapshot): it would only walk the growing heap again and again. Not for the
-    scan, whose pydicom fallback leaves garbage to collect."""
+    """Pause the cyclic garbage collector while records that all live on are made (a snapshot
+    read back, and a whole index from it): it would only walk the growing heap again and again
+    (0.17 s of 0.37 s to read a snapshot of 100,000 files). Not for the scan, whose pydicom
+    fallback leaves garbage to collect."""
     collecting = gc.isenabled()
     gc.disable()
     try:
@@ -309,8 +315,14 @@ def application_entity(config: Config) -> Any:
         ae.add_supported_context(uid)
     # Every storage SOP Class in every transfer syntax: C-STORE from peers (stored as sent),
     # and C-GET's sub-operations, which need both roles for role selection (PS3.7 D.3.3.4).
+    # The transfer syntaxes are validated once, not once per SOP Class: pynetdicom would build
+    # and check some 7,700 UIDs, a tenth of a second of every start.
+    syntaxes = PresentationContext()
+    syntaxes.transfer_syntax = list(ALL_TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
+        sop_class = UID(str(context.abstract_syntax))  # as pynetdicom keys its contexts
         ae.add_supported_context(
-            str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+            sop_class, syntaxes.transfer_syntax[0], scu_role=True, scp_role=True
         )
+        ae._supported_contexts[sop_class]._transfer_syntax = list(syntaxes.transfer_syntax)
     return ae

@@ -45,14 +45,8 @@ from fsqr.errors import (
 )
 from fsqr.index import Index
 from fsqr.records import Instance, Parsed
-from fsqr.scan import (
-    TEMP_PREFIX,
-    PixelProbe,
-    element_text,
-    is_inside,
-    parsed_from_dataset,
-    without_pixel_data,
-)
+from fsqr.scan import PixelProbe, element_text, parsed_from_dataset, without_pixel_data
+from fsqr.tree import TEMP_PREFIX, is_inside
 
 log = logging.getLogger(__name__)
 

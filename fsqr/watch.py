@@ -54,7 +54,8 @@ from watchdog.observers.api import BaseObserver
 from fsqr.config import WatchMode
 from fsqr.index import Index
 from fsqr.records import Parsed, Skipped
-from fsqr.scan import is_candidate_name, is_inside, read_header, scan_files, walk
+from fsqr.scan import read_header, scan_files
+from fsqr.tree import is_candidate_name, is_inside, walk
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,10 @@ from fsqr.config import Config, config_from_mapping
 from fsqr.index import Index
 from fsqr.reactor import get_msg_unless_paused
 from fsqr.records import Parsed
-from fsqr.scan import read_header, walk
+from fsqr.scan import read_header
 from fsqr.server import Server
 from fsqr.synthetic import make_instance, synthetic_uid, write_instance, write_sample_data
+from fsqr.tree import walk
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO / "sample_data"

@@ -32,8 +32,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from fsqr import handlers, retrieve, status, storage
 from fsqr.records import Parsed
-from fsqr.scan import TEMP_PREFIX, is_candidate_name, read_header
+from fsqr.scan import read_header
 from fsqr.server import Server
+from fsqr.tree import TEMP_PREFIX, is_candidate_name
 from tests import test_interop_retrieve as retrieve_tests
 from tests.conftest import dcmtk, instance
 from tests.helpers import wait_until

@@ -28,9 +28,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from fsqr.scan import TEMP_PREFIX
 from fsqr.server import Server
 from fsqr.synthetic import synthetic_uid, write_instance
+from fsqr.tree import TEMP_PREFIX
 from tests.conftest import dcmtk, instance
 from tests.helpers import c_find_image, wait_until
 

@@ -11,16 +11,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pynetdicom import AE, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from fsqr import reactor
-from fsqr.server import Server
+from fsqr.config import config_from_mapping
+from fsqr.keys import FIND_MODELS, GET_MODELS, MODALITY_WORKLIST_FIND, MOVE_MODELS
+from fsqr.server import Server, application_entity
 from fsqr.synthetic import write_sample_data
 from tests import test_interop_retrieve
 from tests.helpers import wait_until
@@ -209,3 +213,30 @@ def test_each_association_gets_its_own_contexts_without_a_generic_deepcopy(
         assert (copied.as_scu, copied.as_scp) == (original.as_scu, original.as_scp)
     copies[0].transfer_syntax.clear()
     assert originals[0].transfer_syntax
+
+
+def test_the_application_entitys_contexts_are_pynetdicoms_built_in_one_go(
+    tmp_path: Path,
+) -> None:
+    """`application_entity` validates the transfer syntaxes once for every storage SOP Class;
+    the contexts must be what pynetdicom's own `add_supported_context` builds, one by one."""
+    ae = application_entity(config_from_mapping({"root": str(tmp_path)}))
+    reference = AE()
+    reference.add_supported_context(Verification)
+    for uid in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS, MODALITY_WORKLIST_FIND):
+        reference.add_supported_context(uid)
+    for context in AllStoragePresentationContexts:
+        reference.add_supported_context(
+            context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+        )
+
+    def described(contexts: list[Any]) -> list[tuple[str, list[str], Any, Any]]:
+        return [
+            (str(c.abstract_syntax), [str(t) for t in c.transfer_syntax], c.scu_role, c.scp_role)
+            for c in contexts
+        ]
+
+    assert described(ae.supported_contexts) == described(reference.supported_contexts)
+    built = ae._supported_contexts  # each context its own list, not one shared by all
+    lists = {id(c._transfer_syntax) for c in built.values()}
+    assert len(lists) == len(built) > 100

@@ -13,8 +13,9 @@ from pydicom.dataset import FileMetaDataset
 
 from fsqr import scan
 from fsqr.records import Parsed, Skipped
-from fsqr.scan import read_header, scan_files, walk
+from fsqr.scan import read_header, scan_files
 from fsqr.synthetic import write_tree
+from fsqr.tree import walk
 from tests.conftest import write_dicomdir
 
 

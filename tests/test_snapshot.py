@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from fsqr.records import Parsed, Skipped
-from fsqr.scan import read_header, walk
+from fsqr.scan import read_header
 from fsqr.server import Server
 from fsqr.snapshot import Snapshot, partition, read_snapshot, write_snapshot
 from fsqr.synthetic import synthetic_uid
+from fsqr.tree import walk
 from tests.conftest import server_config
 from tests.helpers import c_find_image, wait_until
 

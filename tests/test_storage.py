@@ -19,9 +19,10 @@ from fsqr.config import DEFAULT_LAYOUT
 from fsqr.errors import DimseError
 from fsqr.index import Index
 from fsqr.records import Parsed
-from fsqr.scan import TEMP_PREFIX, read_header, walk
+from fsqr.scan import read_header
 from fsqr.storage import Receiver, relative_path, safe_name, write_atomic
 from fsqr.synthetic import synthetic_uid
+from fsqr.tree import TEMP_PREFIX, walk
 from tests.conftest import instance, server_config
 
 HOSTILE = [
