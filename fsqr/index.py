@@ -144,6 +144,9 @@ class Index:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._empty()
+
+    def _empty(self) -> None:
         self._patients: dict[str, _PatientNode] = {}
         self._patients_made = 0  # the next _PatientNode.order
         self._names = PatientNames()  # every patient by the folded terms of its PatientName
@@ -157,6 +160,11 @@ class Index:
         self._waiting: dict[str, list[Parsed]] = {}
 
     # -- writing ---------------------------------------------------------------------------
+
+    def clear(self) -> None:
+        """Forget every file (a start-up whose snapshot proved unusable reads them all)."""
+        with self._lock:
+            self._empty()
 
     def add(self, parsed: Parsed, *, serve: bool = False) -> None:
         """Index one file; a file already indexed under the same path is replaced.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,7 +41,13 @@ from fsqr.operations import Operations
 from fsqr.records import Parsed, Skipped
 from fsqr.scan import scan_files
 from fsqr.security import server_context
-from fsqr.snapshot import partition, read_snapshot, write_snapshot
+from fsqr.snapshot import (
+    changes,
+    changes_in_another_process,
+    partition,
+    read_snapshot,
+    write_snapshot,
+)
 from fsqr.tree import walk
 from fsqr.watch import Watcher
 
@@ -181,23 +188,18 @@ class Server:
 
     def _build_index(self) -> None:
         started = time.perf_counter()
-        paths = list(walk(self.config.root))
-        known: list[Parsed | Skipped] = []
-        to_read = paths
-        snapshot = None
-        if self.config.index_snapshot is not None:
-            with _collector_paused():
-                snapshot = read_snapshot(self.config.index_snapshot, self.config.root)
-        if snapshot is not None:
-            with _collector_paused():
-                known, to_read = partition(snapshot, paths)
-                self.index.add_many(r for r in known if isinstance(r, Parsed))
-                for result in known:
-                    if isinstance(result, Skipped):
-                        self._keep(result)
+        taken = self._from_snapshot() if self.config.index_snapshot is not None else None
+        if taken is None:
+            known: list[Parsed | Skipped] = []
+            to_read = list(walk(self.config.root))
+            current = False
+        else:
+            known, to_read, gone = taken
+            current = not to_read and not gone
             log.info("index snapshot: %d files unchanged, %d to read", len(known), len(to_read))
         for result in scan_files(to_read, self.config.scan_workers, self._progress):
             self._keep(result)
+        paths = len(known) + len(to_read)
         counts = self.index.counts()
         seconds = self.index_seconds = time.perf_counter() - started
         log.info(
@@ -208,9 +210,9 @@ class Server:
             counts.studies,
             counts.series,
             counts.instances,
-            len(paths),
+            paths,
             seconds,
-            len(paths) / seconds if seconds else 0.0,
+            paths / seconds if seconds else 0.0,
         )
         if self.skipped:
             log.info(
@@ -223,13 +225,44 @@ class Server:
             log.info(
                 "%d files repeat a SOP Instance UID already indexed; one is served", duplicates
             )
-        if self.config.index_snapshot is not None and (
-            snapshot is None or to_read or len(known) < len(snapshot)
-        ):  # so that a crash soon after this start does not mean reading these files again
+        if self.config.index_snapshot is not None and not current:
+            # so that a crash soon after this start does not mean reading these files again
             self._snapshot_writer = threading.Thread(
                 target=self._save_snapshot, name="fsqr-snapshot", daemon=True
             )
             self._snapshot_writer.start()
+
+    def _from_snapshot(self) -> tuple[list[Parsed | Skipped], list[str], bool] | None:
+        """Index what the snapshot holds unchanged; returns it, the files still to read, and
+        whether any file it holds has changed or gone. None when there is no usable snapshot
+        (then every file is read).
+
+        Two things at once, one per core: this process reads the snapshot's records, another
+        walks the tree and stats every file against the snapshot's stamps (`snapshot.changes`).
+        Each is a single-core pass over every file; together they were most of a warm restart.
+        """
+        source, root = self.config.index_snapshot, self.config.root
+        assert source is not None
+        if self.config.scan_workers != 1 and (os.cpu_count() or 1) > 1:
+            found = changes_in_another_process(source, root)
+        else:
+            found = lambda: changes(source, root)  # noqa: E731 - one core: one after the other
+        with _collector_paused():
+            snapshot = read_snapshot(source, root)
+            if snapshot is not None:  # indexed while stat goes on; what it finds stale goes
+                self.index.add_many(r for r in snapshot.records if isinstance(r, Parsed))
+            stat_found = found()
+            taken = None if snapshot is None else partition(snapshot, stat_found)
+            if stat_found is None or taken is None:
+                self.index.clear()
+                return None
+            for path in stat_found.stale:
+                self.index.remove_path(path)
+        known, to_read = taken
+        for result in known:
+            if isinstance(result, Skipped):
+                self._keep(result)
+        return known, to_read, bool(stat_found.stale)
 
     def _keep(self, result: Parsed | Skipped) -> None:
         if isinstance(result, Parsed):

@@ -18,8 +18,14 @@ set of indexed keys, of another root, or one cut short or corrupted (the header 
 body's length and BLAKE2 digest, checked before the body is decoded) is ignored with one log line,
 and the start-up scan reads every file, as without one.
 
-**Format.** One ASCII header line, then the body: `marshal` of tuples of str and int only, so
-loading it builds plain data and runs no code (unlike pickle). Repeated values (a study's
+**Two passes at a restart, one per core.** `changes` walks the tree and stats every file against
+the snapshot's stamps, in a process of its own; meanwhile the server's reads the records
+(`read_snapshot`) and indexes them, then drops the ones `changes` found stale and reads what it
+found new or changed (server.py).
+
+**Format.** One ASCII header line, then the body in two parts: the paths and stamps, which is
+all `changes` loads, then the records. Both are `marshal` of tuples of str and int only, so
+loading them builds plain data and runs no code (unlike pickle). Repeated values (a study's
 attributes, a folder's path) are written once. marshal is not meant for data from untrusted
 hands, which is why the digest is checked first and why the file belongs in a place only fsqr's
 user can write (it is created readable by that user alone; it also holds patient names).
@@ -31,20 +37,22 @@ import hashlib
 import logging
 import marshal
 import os
+import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from fsqr.keys import Level, indexed_keys
 from fsqr.records import Instance, Parsed, Patient, Series, Skipped, Study, stat_stamp
-from fsqr.storage import write_atomic
+from fsqr.tree import walk
 
 log = logging.getLogger(__name__)
 
 _MAGIC = "fsqr-index-snapshot"
-_FORMAT = 1  # raise when the body's layout changes
+_FORMAT = 2  # raise when the body's layout changes
 
 
 def _fingerprint() -> str:
@@ -101,9 +109,18 @@ def write_snapshot(
         for s in skipped
         if s.stamp and s.path.startswith(prefix)
     ]
-    body = marshal.dumps(
+    real_root = os.path.realpath(root)
+    # Two parts: what `changes` needs (paths and stamps) first, on its own, then the records.
+    stamps = marshal.dumps(
         (
-            os.path.realpath(root),
+            real_root,
+            [(folder, names, [r[4] for r in rows]) for folder, (names, rows) in folders.items()],
+            [(path, stamp) for path, _, stamp in skipped_rows],
+        )
+    )
+    body = stamps + marshal.dumps(
+        (
+            real_root,
             [(r.patient_id, r.values) for r in tables[Patient]],
             [(r.study_uid, r.patient_id, r.values) for r in tables[Study]],
             [(r.series_uid, r.study_uid, r.values) for r in tables[Series]],
@@ -113,117 +130,201 @@ def write_snapshot(
         )
     )
     digest = hashlib.blake2b(body, digest_size=16).hexdigest()
-    header = f"{_MAGIC} {_fingerprint()} {len(body)} {digest}\n".encode("ascii")
+    header = f"{_MAGIC} {_fingerprint()} {len(stamps)} {len(body)} {digest}\n".encode("ascii")
     target.parent.mkdir(parents=True, exist_ok=True)
+    # Imported here: storage.py brings pydicom, which `changes`'s process must not wait for.
+    from fsqr.storage import write_atomic  # noqa: PLC0415
+
     write_atomic(target, [header, body], mode=0o600)
     return count + len(skipped_rows)
 
 
 class Snapshot:
-    """A snapshot read back for one root: `take(path, stamp)` gives a file's records (or its
-    `Skipped`) if the snapshot holds it at exactly that stamp, else None (read the file)."""
+    """A snapshot read back for one root: the records of every file it holds (`records`, the
+    `Parsed` and `Skipped` of each); `partition` keeps those that `changes` found unchanged."""
 
-    def __init__(self, root: Path, body: tuple[Any, ...]) -> None:
+    def __init__(self, root: Path, body: tuple[Any, ...], digest: str) -> None:
         _, patients, studies, series, parents, folders, skipped = body
         patient_records = [Patient(*row) for row in patients]
         study_records = [Study(*row) for row in studies]
         series_records = [Series(*row) for row in series]
-        self._parents = [
+        parent_records = [
             (patient_records[p], study_records[st], series_records[se]) for p, st, se in parents
         ]
         prefix = _prefix(root)
-        # By path as the walk gives it, to the row and the folder's path (one string per folder,
-        # shared by its records as Instance.folder is).
-        self._files: dict[str, tuple[str, str, tuple[Any, ...]]] = {}
+        records: list[Parsed | Skipped] = []
+        make, add = Instance.of_shared, records.append
         for folder, names, rows in folders:
-            held = prefix + folder
-            for name, row in zip(names, rows, strict=True):
-                self._files[held + name] = (held, name, row)
-        self._skipped: dict[str, tuple[str, int]] = {
-            prefix + path: (reason, stamp) for path, reason, stamp in skipped
-        }
+            held = prefix + folder  # one string per folder, shared as Instance.folder is
+            for name, (parent, sop_uid, sop_class, syntax, stamp, values) in zip(
+                names, rows, strict=True
+            ):
+                patient, study, series_record = parent_records[parent]
+                instance = make(
+                    sop_uid, series_record.series_uid, sop_class, syntax, held, name, stamp, values
+                )
+                add(Parsed(patient, study, series_record, instance))
+        for path, reason, stamp in skipped:
+            add(Skipped(prefix + path, reason, stamp))
+        self.records = records
+        self.digest = digest  # of the body: `changes` must have compared this very snapshot
 
     def __len__(self) -> int:
-        return len(self._files) + len(self._skipped)
-
-    def take(self, path: str, stamp: int) -> Parsed | Skipped | None:
-        """The records of the file at `path` if its stamp is `stamp` in the snapshot."""
-        held = self._files.get(path)
-        if held is not None:
-            folder, name, (parent, sop_uid, sop_class, syntax, held_stamp, values) = held
-            if held_stamp != stamp:
-                return None
-            patient, study, series = self._parents[parent]
-            instance = Instance.of_shared(
-                sop_uid, series.series_uid, sop_class, syntax, folder, name, stamp, values
-            )
-            return Parsed(patient, study, series, instance)
-        skipped = self._skipped.get(path)
-        if skipped is not None and skipped[1] == stamp:
-            return Skipped(path, skipped[0], stamp)
-        return None
+        return len(self.records)
 
 
 def read_snapshot(source: Path, root: Path) -> Snapshot | None:
     """The snapshot at `source` if it was written by this fsqr for this `root` and is whole;
     otherwise None, said in one log line (no snapshot yet is said at debug level only)."""
     try:
-        with open(source, "rb") as f:
-            header = f.readline(200)
-            body = f.read()
+        parts = _read_parts(source)
     except FileNotFoundError:
         log.debug("no index snapshot at %s yet", source)
         return None
     except OSError as exc:
         log.warning("index snapshot %s not used: cannot read it: %s", source, exc)
         return None
-    problem = _header_problem(header, body)
-    if problem is None:
+    snapshot = None
+    if isinstance(parts, str):
+        problem: str | None = parts
+    else:
+        digest, _, records = parts
         try:
-            data = marshal.loads(body)
+            data = marshal.loads(records)
             written_for = data[0]
-            snapshot = Snapshot(root, data) if written_for == os.path.realpath(root) else None
-            if snapshot is None:
+            if written_for == os.path.realpath(root):
+                snapshot = Snapshot(root, data, digest)
+                problem = None
+            else:
                 problem = f"it was written for another root ({written_for})"
         except Exception as exc:  # a digest that matches a malformed body: still not fatal
             problem = f"it cannot be decoded ({type(exc).__name__}: {exc})"
     if problem is not None:
         log.warning("index snapshot %s not used, reading every file: %s", source, problem)
-        return None
     return snapshot
 
 
-def _header_problem(header: bytes, body: bytes) -> str | None:
+def _read_parts(source: Path) -> tuple[str, memoryview, memoryview] | str:
+    """The body's digest, its stamps part and its records part (see `write_snapshot`), or what
+    is wrong with the file. Raises OSError if it cannot be read."""
+    with open(source, "rb") as f:
+        header = f.readline(200)
+        body = f.read()
     words = header.decode("ascii", "replace").split()
-    if len(words) != 4 or words[0] != _MAGIC:
+    if len(words) != 5 or words[0] != _MAGIC:
         return "it is not an fsqr index snapshot"
-    _, fingerprint, length, digest = words
+    _, fingerprint, stamps_length, length, digest = words
     if fingerprint != _fingerprint():
         return "it was written by another version of fsqr"
-    if not length.isdigit() or int(length) != len(body):
+    if not (length.isdigit() and stamps_length.isdigit()) or int(length) != len(body):
         return "it is cut short or has extra bytes"
     if hashlib.blake2b(body, digest_size=16).hexdigest() != digest:
         return "it is corrupted (its digest does not match)"
-    return None
+    cut = int(stamps_length)
+    return digest, memoryview(body)[:cut], memoryview(body)[cut:]
 
 
-def partition(snapshot: Snapshot, paths: Iterable[str]) -> tuple[list[Parsed | Skipped], list[str]]:
-    """Split the walked `paths` into what the snapshot holds unchanged, and the files to read."""
-    paths = list(paths)
-    known: list[Parsed | Skipped] = []
-    to_read: list[str] = []
-    take, stat = snapshot.take, os.stat
+@dataclass(frozen=True)
+class Changes:
+    """What stat found in the tree against a snapshot's stamps."""
+
+    digest: str  # the body's, as in its header: which snapshot this was compared with
+    to_read: list[str]  # files new since the snapshot, or changed
+    stale: list[str]  # files the snapshot holds that are changed or gone
+
+
+def changes(source: Path, root: Path) -> Changes | None:
+    """Walk `root` and stat every file against the stamps of the snapshot at `source`; None when
+    that snapshot cannot be used (`read_snapshot` says why).
+
+    It needs only paths and stamps, and imports neither pydicom nor the server: at a warm restart
+    it runs in a process of its own while the server's reads the snapshot's records, on the
+    other core (server.py). A file is unchanged only when its size, mtime and inode are all
+    what they were (`records.file_stamp`).
+    """
+    prefix = _prefix(root)
+    held: dict[str, int] = {}
     try:
-        for path in paths:
-            try:
-                found = take(path, stat_stamp(stat(path)))
-            except OSError:  # gone since the walk saw it: reading it says so
-                found = None
-            if found is None:
-                to_read.append(path)
-            else:
-                known.append(found)
-    except Exception as exc:  # a whole, digest-checked body that still does not hold together
-        log.warning("index snapshot not used, reading every file: %s: %s", type(exc).__name__, exc)
-        return [], paths
-    return known, to_read
+        parts = _read_parts(source)
+        if isinstance(parts, str):
+            return None
+        digest, stamps, _ = parts
+        written_for, folders, skipped = marshal.loads(stamps)
+        if written_for != os.path.realpath(root):
+            return None
+        for folder, names, folder_stamps in folders:
+            in_folder = prefix + folder
+            held.update(zip([in_folder + name for name in names], folder_stamps, strict=True))
+        for path, stamp in skipped:
+            held[prefix + path] = stamp
+    except Exception:
+        return None
+    to_read: list[str] = []
+    stale: list[str] = []
+    stat, take = os.stat, held.pop
+    for path in walk(root):
+        stamp = take(path, None)
+        try:
+            unchanged = stamp is not None and stat_stamp(stat(path)) == stamp
+        except OSError:  # gone since the walk saw it: reading it says so
+            unchanged = False
+        if not unchanged:
+            to_read.append(path)
+            if stamp is not None:
+                stale.append(path)
+    stale.extend(held)  # not found by the walk: gone
+    return Changes(digest, to_read, stale)
+
+
+def changes_in_another_process(source: Path, root: Path) -> Callable[[], Changes | None]:
+    """Start `changes(source, root)` in a Python process of its own (`python -m fsqr.snapshot`)
+    and return what waits for its answer: this process reads the snapshot's records meanwhile.
+
+    A plain subprocess, not multiprocessing: a forkserver or spawn child would first import
+    the parent's main module (fsqr's CLI, with pydicom and pynetdicom: half a second), this
+    one imports fsqr.snapshot alone. If it cannot start or fails, this process does the work.
+    """
+    command = [sys.executable, "-m", "fsqr.snapshot", os.fspath(source), os.fspath(root)]
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE)
+    except OSError as exc:
+        log.warning("cannot start a process to stat the tree (%s); doing it here", exc)
+        return lambda: changes(source, root)
+
+    def answer() -> Changes | None:
+        out, _ = process.communicate()
+        try:
+            if process.returncode != 0:
+                raise ValueError(f"exit status {process.returncode}")
+            found = marshal.loads(out)
+            return None if found is None else Changes(*found)
+        except Exception as exc:
+            log.warning("the process that stats the tree failed (%s); doing it here", exc)
+            return changes(source, root)
+
+    return answer
+
+
+def partition(
+    snapshot: Snapshot, found: Changes | None
+) -> tuple[list[Parsed | Skipped], list[str]] | None:
+    """What the snapshot holds unchanged, and the files to read, from what `changes` found; None
+    when that was found for another snapshot (then every file is read), said in one log line."""
+    if found is None or found.digest != snapshot.digest:
+        log.warning("index snapshot not used, reading every file: it changed while being read")
+        return None
+    if not found.stale:
+        return snapshot.records, found.to_read
+    stale = set(found.stale)
+    known = [
+        r
+        for r in snapshot.records
+        if (r.instance.path if isinstance(r, Parsed) else r.path) not in stale
+    ]
+    return known, found.to_read
+
+
+if __name__ == "__main__":  # changes_in_another_process: the answer, marshalled, on stdout
+    found = changes(Path(sys.argv[1]), Path(sys.argv[2]))
+    answer = None if found is None else (found.digest, found.to_read, found.stale)
+    sys.stdout.buffer.write(marshal.dumps(answer))

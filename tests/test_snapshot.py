@@ -9,6 +9,8 @@ import marshal
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +19,15 @@ import pytest
 from fsqr.records import Parsed, Skipped
 from fsqr.scan import read_header
 from fsqr.server import Server
-from fsqr.snapshot import Snapshot, partition, read_snapshot, write_snapshot
+from fsqr.snapshot import (
+    Changes,
+    Snapshot,
+    changes,
+    changes_in_another_process,
+    partition,
+    read_snapshot,
+    write_snapshot,
+)
 from fsqr.synthetic import synthetic_uid
 from fsqr.tree import walk
 from tests.conftest import server_config
@@ -41,7 +51,9 @@ def _reloaded(root: Path, target: Path) -> Snapshot:
 
 
 def _split(root: Path, target: Path) -> tuple[dict[str, Parsed | Skipped], list[str]]:
-    known, to_read = partition(_reloaded(root, target), walk(root))
+    taken = partition(_reloaded(root, target), changes(target, root))
+    assert taken is not None
+    known, to_read = taken
     return {(r.instance.path if isinstance(r, Parsed) else r.path): r for r in known}, to_read
 
 
@@ -150,8 +162,10 @@ def test_a_whole_snapshot_that_does_not_hold_together_is_ignored(
 ) -> None:
     _snapshot_of(tree, target)  # then its files point at a series it does not have
     header, body = target.read_bytes().split(b"\n", 1)
-    root, patients, studies, series, parents, folders, skipped = marshal.loads(body)
-    body = marshal.dumps(
+    magic, fingerprint, stamps_length, _, _ = header.split()
+    stamps, records = body[: int(stamps_length)], body[int(stamps_length) :]
+    root, patients, studies, series, parents, folders, skipped = marshal.loads(records)
+    body = stamps + marshal.dumps(
         (
             root,
             patients,
@@ -162,17 +176,15 @@ def test_a_whole_snapshot_that_does_not_hold_together_is_ignored(
             skipped,
         )
     )
-    magic, fingerprint, _, _ = header.split()
     digest = hashlib.blake2b(body, digest_size=16).hexdigest().encode()
     target.write_bytes(
-        b" ".join([magic, fingerprint, str(len(body)).encode(), digest]) + b"\n" + body
+        b" ".join([magic, fingerprint, stamps_length, str(len(body)).encode(), digest])
+        + b"\n"
+        + body
     )
-    snapshot = read_snapshot(target, tree)
-    assert snapshot is not None  # whole, as far as its digest tells
     with caplog.at_level(logging.WARNING, logger="fsqr.snapshot"):
-        known, to_read = partition(snapshot, walk(tree))
-    assert (known, sorted(to_read)) == ([], sorted(walk(tree)))
-    assert "not used, reading every file" in caplog.text
+        assert read_snapshot(target, tree) is None  # whole, as far as its digest tells
+    assert "not used, reading every file: it cannot be decoded (IndexError" in caplog.text
 
 
 def test_a_snapshot_of_another_root_is_ignored(
@@ -202,11 +214,12 @@ def test_the_snapshot_is_readable_by_its_owner_alone(tree: Path, target: Path) -
 # -- the server, started twice ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("scan_workers", [0, 1], ids=["stat-in-another-process", "one-core"])
 def test_a_restart_answers_for_what_changed_while_the_server_was_down(
-    write: Write, tree: Path, target: Path, caplog: pytest.LogCaptureFixture
+    write: Write, tree: Path, target: Path, caplog: pytest.LogCaptureFixture, scan_workers: int
 ) -> None:
     write("study/4.dcm", n=4)  # left alone while the server is down
-    config = server_config(tree, index_snapshot=str(target))
+    config = server_config(tree, index_snapshot=str(target), scan_workers=scan_workers)
     with Server(config) as server:
         assert c_find_image(server, _uid(1)) == 1
         assert wait_until(target.exists)  # written after the start-up scan: a crash keeps it
@@ -252,3 +265,44 @@ def test_a_snapshot_that_cannot_be_written_is_a_warning_not_a_failure(
 def _uid(n: int) -> str:
     """The SOP Instance UID the conftest `instance` factory gives instance `n` of PID1."""
     return synthetic_uid("sop", "PID1", n)
+
+
+def test_stat_results_for_another_snapshot_are_not_used(
+    tree: Path, target: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The side process and the server each read the snapshot file; if it was rewritten in
+    between, what stat found belongs to another snapshot, and every file is read."""
+    _snapshot_of(tree, target)
+    found = changes(target, tree)
+    assert found is not None and found.to_read == found.stale == []
+    elsewhere = Changes("0" * 32, found.to_read, found.stale)
+    with caplog.at_level(logging.WARNING, logger="fsqr.snapshot"):
+        assert partition(_reloaded(tree, target), elsewhere) is None
+    assert "changed while being read" in caplog.text
+
+
+def test_the_stat_pass_imports_no_pydicom() -> None:
+    """It runs in a process of its own during a warm restart, and must start at once."""
+    code = "import sys, fsqr.snapshot; sys.exit('pydicom' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_the_stat_pass_in_another_process_answers_as_here(tree: Path, target: Path) -> None:
+    _snapshot_of(tree, target)
+    (tree / "study" / "1.dcm").unlink()
+    (tree / "study" / "2.dcm").write_bytes(b"changed")
+    assert changes_in_another_process(target, tree)() == changes(target, tree)
+    found = changes(target, tree)
+    assert found is not None
+    assert sorted(Path(p).name for p in found.stale) == ["1.dcm", "2.dcm"]
+    assert [Path(p).name for p in found.to_read] == ["2.dcm"]
+
+
+def test_a_stat_process_that_fails_costs_only_time(
+    tree: Path, target: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _snapshot_of(tree, target)
+    monkeypatch.setattr(sys, "executable", shutil.which("false"))
+    with caplog.at_level(logging.WARNING, logger="fsqr.snapshot"):
+        assert changes_in_another_process(target, tree)() == changes(target, tree)
+    assert "the process that stats the tree failed (exit status 1)" in caplog.text
