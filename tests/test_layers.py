@@ -10,10 +10,11 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fsqr"
 
-# Who may import whom inside fsqr (beyond the shared leaves records, keys, status, errors).
-LEAVES = {"records", "keys", "status", "errors"}
+# Who may import whom inside fsqr (beyond the shared leaves records, keys, status, errors, tree).
+LEAVES = {"records", "keys", "status", "errors", "tree"}
 ALLOWED = {
     "keys": set(),
+    "tree": set(),  # the files of a served tree and the walk that finds them
     "records": {"keys"},
     "status": set(),
     "errors": {"status"},
@@ -32,7 +33,9 @@ ALLOWED = {
     "security": {"config"},
     "faults": LEAVES | {"config"},  # which fault rule applies, and what it does; pure
     "operations": set(),  # the record of the operations served
-    "snapshot": LEAVES | {"storage"},  # the index between runs; writes as C-STORE does
+    # The index between runs; writes as C-STORE does (storage, imported only when writing: its
+    # stat pass runs in a process that must start without pydicom).
+    "snapshot": LEAVES | {"storage"},
     "handlers": LEAVES
     | {
         "config",
