@@ -41,13 +41,7 @@ from fsqr.operations import Operations
 from fsqr.records import Parsed, Skipped
 from fsqr.scan import scan_files
 from fsqr.security import server_context
-from fsqr.snapshot import (
-    changes,
-    changes_in_another_process,
-    partition,
-    read_snapshot,
-    write_snapshot,
-)
+from fsqr.snapshot import StatPass, partition, read_snapshot, write_snapshot
 from fsqr.tree import walk
 from fsqr.watch import Watcher
 
@@ -100,11 +94,14 @@ class Server:
         if not root.is_dir():
             raise FileNotFoundError(f"root folder {root} does not exist or is not a folder")
         ssl_context = server_context(self.config.tls)  # before the scan: a bad key fails fast
-        if self.config.watch != "off":
-            self.watcher = Watcher(root, self.index, self.config.watch, self.config.poll_interval)
-            self.watcher.start()  # before the walk: a change during the scan is queued, not lost
+        stat_pass = self._stat_pass()  # loads the snapshot's stamps while the watcher starts
         try:
-            self._build_index()
+            if self.config.watch != "off":
+                self.watcher = Watcher(
+                    root, self.index, self.config.watch, self.config.poll_interval
+                )
+                self.watcher.start()  # before the walk: a change during it is queued, not lost
+            self._build_index(stat_pass)
             if self.watcher is not None:
                 self.watcher.release()
             ae = application_entity(self.config)
@@ -118,6 +115,9 @@ class Server:
         except BaseException:  # the port is taken, say: no watcher threads are left behind
             self._stop_watcher()
             raise
+        finally:
+            if stat_pass is not None:
+                stat_pass.close()  # answered by now, unless the start-up failed
         log.info(
             "%s listening on %s:%d%s",
             self.ae_title,
@@ -186,9 +186,9 @@ class Server:
 
     # -- start-up ---------------------------------------------------------------------------
 
-    def _build_index(self) -> None:
+    def _build_index(self, stat_pass: StatPass | None) -> None:
         started = time.perf_counter()
-        taken = self._from_snapshot() if self.config.index_snapshot is not None else None
+        taken = None if stat_pass is None else self._from_snapshot(stat_pass)
         if taken is None:
             known: list[Parsed | Skipped] = []
             to_read = list(walk(self.config.root))
@@ -232,26 +232,35 @@ class Server:
             )
             self._snapshot_writer.start()
 
-    def _from_snapshot(self) -> tuple[list[Parsed | Skipped], list[str], bool] | None:
+    def _stat_pass(self) -> StatPass | None:
+        """With a snapshot: the pass that stats the tree against it, in a process of its own
+        unless the scan is asked to use one core."""
+        source = self.config.index_snapshot
+        if source is None:
+            return None
+        one_core = self.config.scan_workers == 1 or (os.cpu_count() or 1) == 1
+        return StatPass(source, self.config.root, here=one_core)
+
+    def _from_snapshot(
+        self, stat_pass: StatPass
+    ) -> tuple[list[Parsed | Skipped], list[str], bool] | None:
         """Index what the snapshot holds unchanged; returns it, the files still to read, and
         whether any file it holds has changed or gone. None when there is no usable snapshot
         (then every file is read).
 
-        Two things at once, one per core: this process reads the snapshot's records, another
-        walks the tree and stats every file against the snapshot's stamps (`snapshot.changes`).
-        Each is a single-core pass over every file; together they were most of a warm restart.
+        Two things at once, one per core: this process reads and indexes the snapshot's
+        records, the stat pass walks the tree and stats every file against the snapshot's
+        stamps. Each is a single-core pass over every file; together they were most of a warm
+        restart.
         """
         source, root = self.config.index_snapshot, self.config.root
         assert source is not None
-        if self.config.scan_workers != 1 and (os.cpu_count() or 1) > 1:
-            found = changes_in_another_process(source, root)
-        else:
-            found = lambda: changes(source, root)  # noqa: E731 - one core: one after the other
+        stat_pass.go()
         with _collector_paused():
             snapshot = read_snapshot(source, root)
             if snapshot is not None:  # indexed while stat goes on; what it finds stale goes
                 self.index.add_many(r for r in snapshot.records if isinstance(r, Parsed))
-            stat_found = found()
+            stat_found = stat_pass.answer()
             taken = None if snapshot is None else partition(snapshot, stat_found)
             if stat_found is None or taken is None:
                 self.index.clear()

@@ -33,13 +33,14 @@ user can write (it is created readable by that user alone; it also holds patient
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import marshal
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -47,7 +48,7 @@ from typing import Any
 
 from fsqr.keys import Level, indexed_keys
 from fsqr.records import Instance, Parsed, Patient, Series, Skipped, Study, stat_stamp
-from fsqr.tree import walk
+from fsqr.tree import walk_entries
 
 log = logging.getLogger(__name__)
 
@@ -235,13 +236,14 @@ class Changes:
 
 def changes(source: Path, root: Path) -> Changes | None:
     """Walk `root` and stat every file against the stamps of the snapshot at `source`; None when
-    that snapshot cannot be used (`read_snapshot` says why).
+    that snapshot cannot be used (`read_snapshot` says why). A file is unchanged only when its
+    size, mtime and inode are all what they were (`records.file_stamp`)."""
+    held = _stamps(source, root)
+    return None if held is None else _compare(root, *held)
 
-    It needs only paths and stamps, and imports neither pydicom nor the server: at a warm restart
-    it runs in a process of its own while the server's reads the snapshot's records, on the
-    other core (server.py). A file is unchanged only when its size, mtime and inode are all
-    what they were (`records.file_stamp`).
-    """
+
+def _stamps(source: Path, root: Path) -> tuple[str, dict[str, int]] | None:
+    """The snapshot's digest, and the stamp of every file it holds by path."""
     prefix = _prefix(root)
     held: dict[str, int] = {}
     try:
@@ -259,13 +261,18 @@ def changes(source: Path, root: Path) -> Changes | None:
             held[prefix + path] = stamp
     except Exception:
         return None
+    return digest, held
+
+
+def _compare(root: Path, digest: str, held: dict[str, int]) -> Changes:
     to_read: list[str] = []
     stale: list[str] = []
-    stat, take = os.stat, held.pop
-    for path in walk(root):
+    take = held.pop
+    for entry in walk_entries(root):
+        path = entry.path
         stamp = take(path, None)
         try:
-            unchanged = stamp is not None and stat_stamp(stat(path)) == stamp
+            unchanged = stamp is not None and stat_stamp(entry.stat()) == stamp
         except OSError:  # gone since the walk saw it: reading it says so
             unchanged = False
         if not unchanged:
@@ -276,22 +283,41 @@ def changes(source: Path, root: Path) -> Changes | None:
     return Changes(digest, to_read, stale)
 
 
-def changes_in_another_process(source: Path, root: Path) -> Callable[[], Changes | None]:
-    """Start `changes(source, root)` in a Python process of its own (`python -m fsqr.snapshot`)
-    and return what waits for its answer: this process reads the snapshot's records meanwhile.
+class StatPass:
+    """`changes(source, root)`, at a warm restart, in a Python process of its own
+    (`python -m fsqr.snapshot`), on the other core, while the server reads the snapshot's
+    records. Started before the watcher: it loads the snapshot's stamps meanwhile, and walks the
+    tree only once told to `go()`, when the watcher is there to see any change that comes after.
 
     A plain subprocess, not multiprocessing: a forkserver or spawn child would first import
-    the parent's main module (fsqr's CLI, with pydicom and pynetdicom: half a second), this
-    one imports fsqr.snapshot alone. If it cannot start or fails, this process does the work.
+    the parent's main module (fsqr's CLI, with pydicom and pynetdicom: half a second); this one
+    imports fsqr.snapshot alone. If it cannot start or fails, `answer()` does the work here;
+    `here=True` asks for that from the start (one core).
     """
-    command = [sys.executable, "-m", "fsqr.snapshot", os.fspath(source), os.fspath(root)]
-    try:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE)
-    except OSError as exc:
-        log.warning("cannot start a process to stat the tree (%s); doing it here", exc)
-        return lambda: changes(source, root)
 
-    def answer() -> Changes | None:
+    def __init__(self, source: Path, root: Path, *, here: bool = False) -> None:
+        self._source, self._root = source, root
+        self._process: subprocess.Popen[bytes] | None = None
+        if here:
+            return
+        command = [sys.executable, "-m", "fsqr.snapshot", os.fspath(source), os.fspath(root)]
+        try:
+            self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        except OSError as exc:
+            log.warning("cannot start a process to stat the tree (%s); doing it here", exc)
+
+    def go(self) -> None:
+        """Walk the tree now (everything that changes from here on, the watcher sees)."""
+        if self._process is not None and self._process.stdin is not None:
+            with contextlib.suppress(OSError):  # it has died: answer() says so
+                self._process.stdin.write(b"go\n")
+                self._process.stdin.flush()
+
+    def answer(self) -> Changes | None:
+        """What `changes` found (waits for it)."""
+        process, self._process = self._process, None
+        if process is None:
+            return changes(self._source, self._root)
         out, _ = process.communicate()
         try:
             if process.returncode != 0:
@@ -300,9 +326,14 @@ def changes_in_another_process(source: Path, root: Path) -> Callable[[], Changes
             return None if found is None else Changes(*found)
         except Exception as exc:
             log.warning("the process that stats the tree failed (%s); doing it here", exc)
-            return changes(source, root)
+            return changes(self._source, self._root)
 
-    return answer
+    def close(self) -> None:
+        """Stop it, unanswered (a start-up that failed)."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.kill()
+            process.communicate()
 
 
 def partition(
@@ -324,7 +355,10 @@ def partition(
     return known, found.to_read
 
 
-if __name__ == "__main__":  # changes_in_another_process: the answer, marshalled, on stdout
-    found = changes(Path(sys.argv[1]), Path(sys.argv[2]))
+if __name__ == "__main__":  # StatPass: the stamps now, the walk on "go", the answer on stdout
+    held = _stamps(Path(sys.argv[1]), Path(sys.argv[2]))
+    if sys.stdin.readline() != "go\n":
+        sys.exit(0)  # the server's start-up failed before the walk: nobody waits for an answer
+    found = None if held is None else _compare(Path(sys.argv[2]), *held)
     answer = None if found is None else (found.digest, found.to_read, found.stale)
     sys.stdout.buffer.write(marshal.dumps(answer))

@@ -40,6 +40,13 @@ def walk(root: Path, boundary: Path | None = None) -> Iterator[str]:
     the machine), and a folder reached twice (a symlink loop) is walked once. `boundary` is the
     served root when `root` is only a folder below it (a rescan): links may lead anywhere in it.
     """
+    for entry in walk_entries(root, boundary):
+        yield entry.path
+
+
+def walk_entries(root: Path, boundary: Path | None = None) -> Iterator[os.DirEntry[str]]:
+    """`walk`, as the directory entries of the files: `entry.stat()` costs a little less than
+    `os.stat(entry.path)` (snapshot.changes stats every file of the tree)."""
     root_real = os.path.realpath(root if boundary is None else boundary)
     seen_dirs: set[tuple[int, int]] = set()
     stack = [str(root)]
@@ -62,6 +69,6 @@ def walk(root: Path, boundary: Path | None = None) -> Iterator[str]:
                 if entry.is_dir():
                     stack.append(entry.path)
                 elif entry.is_file() and is_candidate_name(entry.name):
-                    yield entry.path
+                    yield entry
             except OSError as exc:
                 log.debug("cannot stat %s: %s", entry.path, exc)

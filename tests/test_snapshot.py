@@ -22,8 +22,8 @@ from fsqr.server import Server
 from fsqr.snapshot import (
     Changes,
     Snapshot,
+    StatPass,
     changes,
-    changes_in_another_process,
     partition,
     read_snapshot,
     write_snapshot,
@@ -291,7 +291,10 @@ def test_the_stat_pass_in_another_process_answers_as_here(tree: Path, target: Pa
     _snapshot_of(tree, target)
     (tree / "study" / "1.dcm").unlink()
     (tree / "study" / "2.dcm").write_bytes(b"changed")
-    assert changes_in_another_process(target, tree)() == changes(target, tree)
+    for here in (False, True):
+        stat_pass = StatPass(target, tree, here=here)
+        stat_pass.go()
+        assert stat_pass.answer() == changes(target, tree)
     found = changes(target, tree)
     assert found is not None
     assert sorted(Path(p).name for p in found.stale) == ["1.dcm", "2.dcm"]
@@ -304,5 +307,19 @@ def test_a_stat_process_that_fails_costs_only_time(
     _snapshot_of(tree, target)
     monkeypatch.setattr(sys, "executable", shutil.which("false"))
     with caplog.at_level(logging.WARNING, logger="fsqr.snapshot"):
-        assert changes_in_another_process(target, tree)() == changes(target, tree)
+        stat_pass = StatPass(target, tree)
+        stat_pass.go()
+        assert stat_pass.answer() == changes(target, tree)
     assert "the process that stats the tree failed (exit status 1)" in caplog.text
+
+
+def test_a_stat_pass_waits_for_go_and_ends_when_told_to_stop(tree: Path, target: Path) -> None:
+    _snapshot_of(tree, target)
+    stat_pass = StatPass(target, tree)
+    process = stat_pass._process
+    assert process is not None
+    with pytest.raises(subprocess.TimeoutExpired):
+        process.wait(0.5)  # stamps loaded, waiting for the watcher to be there
+    stat_pass.close()
+    assert process.returncode is not None
+    assert stat_pass.answer() == changes(target, tree)  # closed: answered here, if asked
