@@ -19,8 +19,11 @@ from pathlib import Path
 from types import FrameType
 
 from fsqr.config import Config, ConfigError, load_config, with_overrides
-from fsqr.inventory import take_inventory
-from fsqr.server import Server
+
+# The server and the inventory (and with them pydicom and pynetdicom) are imported by the
+# command that runs them, not here: the start-up scan's worker processes import the `fsqr`
+# script's main module first (multiprocessing does, to find what it runs), and a worker that
+# had to import all of fsqr took 0.6 s to start instead of 0.3 s.
 
 log = logging.getLogger("fsqr")
 
@@ -139,6 +142,8 @@ def _serve(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    from fsqr.server import Server  # noqa: PLC0415 - see the imports
+
     progress = _terminal_progress if sys.stderr.isatty() else None
     try:
         # The JSON log is the record of operations here; none is kept in memory.
@@ -158,6 +163,8 @@ def _ls(root: Path, as_json: bool) -> int:
     if not root.is_dir():
         print(f"fsqr: {root} is not a folder", file=sys.stderr)
         return EXIT_USAGE
+    from fsqr.inventory import take_inventory  # noqa: PLC0415 - see the imports
+
     inventory = take_inventory(root)
     if as_json:
         print(json.dumps(inventory.as_json(), indent=2, ensure_ascii=False))
