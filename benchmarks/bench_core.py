@@ -29,11 +29,6 @@ from typing import Any
 from common import fsqr_serve, median_seconds, nodelay
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    StudyRootQueryRetrieveInformationModelFind,
-    Verification,
-)
 
 from fsqr.index import Index, SeriesView
 from fsqr.keys import Level, Model
@@ -44,7 +39,10 @@ from fsqr.scan import HeaderCache, scan_files
 from fsqr.synthetic import tree_split, write_tree
 from fsqr.tree import walk
 
-FIND = StudyRootQueryRetrieveInformationModelFind
+# pynetdicom is imported where it is used: the scan's worker processes import this module first
+# (multiprocessing does), and `fsqr serve`'s workers do not pay for pynetdicom either.
+FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 def make_tree(root: Path, instances: int) -> list[str]:
@@ -119,9 +117,11 @@ def bare_scp(answers: dict[str, list[Dataset]], ready: Any) -> None:
         for answer in answers[answer_key(event.identifier)]:
             yield 0xFF00, answer
 
+    from pynetdicom import AE, evt  # noqa: PLC0415 - see FIND
+
     ae = AE(ae_title="BARE")
     ae.add_supported_context(FIND)
-    ae.add_supported_context(Verification)
+    ae.add_supported_context(VERIFICATION)
     handlers = [
         (evt.EVT_C_FIND, on_find),
         (evt.EVT_C_ECHO, lambda event: 0),
@@ -139,8 +139,10 @@ def measure(port: int, queries: dict[str, Dataset], repeats: int) -> dict[str, t
     the client's own CPU seconds for each (this process runs the client only).
     """
 
+    from pynetdicom import AE, evt  # noqa: PLC0415 - see FIND
+
     ae = AE(ae_title="BENCH")
-    ae.add_requested_context(Verification)
+    ae.add_requested_context(VERIFICATION)
     ae.add_requested_context(FIND)
     assoc = ae.associate("127.0.0.1", port, evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)])
     assert assoc.is_established
