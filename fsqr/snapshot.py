@@ -300,9 +300,19 @@ class StatPass:
         self._process: subprocess.Popen[bytes] | None = None
         if here:
             return
+        if not sys.executable:  # an embedded interpreter: no Python to start
+            return
         command = [sys.executable, "-m", "fsqr.snapshot", os.fspath(source), os.fspath(root)]
+        # It finds this fsqr wherever this process found it (a source tree, say).
+        here_from = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = os.pathsep.join(p for p in (here_from, os.environ.get("PYTHONPATH")) if p)
         try:
-            self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": path},
+            )
         except OSError as exc:
             log.warning("cannot start a process to stat the tree (%s); doing it here", exc)
 
