@@ -5,6 +5,7 @@ ceiling and pynetdicom's qrscp app, all measured in the same run over the same f
     python benchmarks/bench_retrieve.py --quick    # 200 instances, 1 repeat
     python benchmarks/bench_retrieve.py --instances 500 --repeats 5 --no-qrscp
     python benchmarks/bench_retrieve.py --lost-responses   # 10,000 instances, 1 in 1,000 lost
+    python benchmarks/bench_retrieve.py --slow-destination 10   # 10 ms per C-STORE: 1 vs 4
 
 For small images (16 x 16) and 512 x 512 images, each run moves every instance once to a DCMTK
 `storescp --ignore` (it receives every byte and stores nothing, so the disk does not take part):
@@ -31,6 +32,12 @@ process) that leaves the first C-STORE of every 1,000th instance it receives una
 the same move to the same SCP answering everything. fsqr waits `timeouts.store_response` (1 s
 here) for each, sends that instance again over a new association, and goes on; the move must
 end 0000 Success with every instance delivered. Not a test.
+
+`--slow-destination MS`: one C-MOVE of small instances to a pynetdicom Storage SCP (in its own
+process) that takes MS milliseconds over each C-STORE, as a destination writing to slow storage
+or at the far end of a long network path does, over one sub-association and over
+`--associations` at once. This is where parallel sub-associations pay; to storescp on the same
+machine fsqr's own CPU is the limit, and one association is as fast.
 """
 
 from __future__ import annotations
@@ -270,9 +277,11 @@ def bench_size(name: str, rows: int, instances: int, repeats: int, *, qr: bool, 
         )
 
 
-def lossy_scp(every: int, hold: float, ready: Any) -> None:
+def lossy_scp(every: int, hold: float, ready: Any, delay: float = 0.0) -> None:
     """A pynetdicom Storage SCP that leaves the first C-STORE of every `every`-th instance it
-    receives unanswered for `hold` seconds; sends back what it received when told to stop."""
+    receives unanswered for `hold` seconds, and takes `delay` seconds over every C-STORE (a
+    destination writing to slow storage, or far away); sends back what it received when told to
+    stop."""
     from pynetdicom import AllStoragePresentationContexts  # noqa: PLC0415  (in its own process)
 
     received: dict[str, int] = {}
@@ -288,6 +297,7 @@ def lossy_scp(every: int, hold: float, ready: Any) -> None:
                 held.append(uid)
         if unanswered:
             time.sleep(hold)  # by then fsqr has given up on this association
+        time.sleep(delay)
         return 0x0000
 
     ae = AE(ae_title="LOSSY")
@@ -338,6 +348,41 @@ def bench_lost_responses(instances: int, every: int) -> None:
         print("  (target: 0000 and every instance delivered despite the lost responses)")
 
 
+def bench_slow_destination(instances: int, delay: float, links: int) -> None:
+    """One C-MOVE of `instances` small instances to a destination that takes `delay` seconds
+    over each C-STORE, over one sub-association and over `links` at once."""
+    spawn = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="fsqr-bench-slow-") as tmp:
+        work = Path(tmp)
+        files = work / "files"
+        paths = write_files(files, instances, rows=16)
+        studies_ = list(studies_of(paths))
+        print(
+            f"\nslow destination: one C-MOVE of {len(paths)} small instances to a pynetdicom SCP"
+            f" that takes {delay * 1000:.0f} ms over each C-STORE"
+        )
+        rates = {}
+        for associations in (1, links):
+            ours, theirs = spawn.Pipe()
+            scp = spawn.Process(target=lossy_scp, args=(len(paths) + 1, 0, theirs, delay))
+            scp.start()
+            port = ours.recv()
+            peers = {"SLOW": {"host": "127.0.0.1", "port": port, "associations": associations}}
+            try:
+                with fsqr_serve(files, work, watch="off", ae_table=peers) as fsqr_port:
+                    took, last = move_everything(fsqr_port, "SLOW", studies_)
+            finally:
+                ours.send("stop")
+                received, _ = ours.recv()
+                scp.join(30)
+            rates[associations] = len(received) / took
+            print(
+                f"  associations: {associations:<2}  {rates[associations]:7.1f} instances/s"
+                f"  final {last.Status:04X}, {len(received)} of {len(paths)} delivered"
+            )
+        print(f"  {links} sub-associations at once: {rates[links] / rates[1]:.1f}x one")
+
+
 def move_everything(port: int, destination: str, studies: list[str]) -> tuple[float, Dataset]:
     """One C-MOVE of every study (a list of Study Instance UIDs); (seconds, final response)."""
     ae = AE(ae_title="BENCH")
@@ -366,7 +411,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lost-responses", action="store_true", help="only the 10,000-instance lost-response move"
     )
+    parser.add_argument(
+        "--slow-destination",
+        type=float,
+        metavar="MS",
+        help="only a C-MOVE to a destination taking MS ms over each C-STORE, 1 vs N associations",
+    )
     args = parser.parse_args(argv)
+    if args.slow_destination is not None:
+        count = 200 if args.quick else args.instances
+        bench_slow_destination(count, args.slow_destination / 1000, args.associations)
+        return 0
     if args.lost_responses:
         bench_lost_responses(*((1000, 200) if args.quick else (10_000, 1000)))
         return 0
