@@ -14,6 +14,11 @@ Any project that has fsqr installed gets two fixtures:
 With `faults=[...]` the server misbehaves on purpose, and `server.operations` records every
 request it served (README: "fsqr as a test double").
 
+- `pynetdicom_keeps_its_responses` (session-wide, opt-in) runs the session's pynetdicom clients
+  with fsqr's fix for pynetdicom racing itself, which now and then drops the response to a
+  request a client has just sent (`fsqr.reactor.get_msg_unless_paused`); fsqr's own suite uses
+  it for all its tests.
+
 fsqr is imported only when a fixture is used, so the plugin costs nothing in other test runs.
 """
 
@@ -56,3 +61,16 @@ def fsqr_server(
 ) -> Server:
     """An fsqr server over a new empty folder, on a free port of 127.0.0.1."""
     return fsqr_server_factory(tmp_path_factory.mktemp("fsqr"))
+
+
+@pytest.fixture(scope="session")
+def pynetdicom_keeps_its_responses() -> Iterator[None]:
+    """pynetdicom clients in this session keep every response (pynetdicom issues #435, #875)."""
+    from pynetdicom.dimse import DIMSEServiceProvider  # noqa: PLC0415 - see fsqr_server_factory
+
+    from fsqr.reactor import get_msg_unless_paused  # noqa: PLC0415
+
+    original = DIMSEServiceProvider.get_msg
+    DIMSEServiceProvider.get_msg = get_msg_unless_paused  # type: ignore[method-assign,assignment]
+    yield
+    DIMSEServiceProvider.get_msg = original  # type: ignore[method-assign]

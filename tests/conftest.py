@@ -12,11 +12,9 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
-from pynetdicom.dimse import DIMSEServiceProvider
 
 from fsqr.config import Config, config_from_mapping
 from fsqr.index import Index
-from fsqr.reactor import get_msg_unless_paused
 from fsqr.records import Parsed
 from fsqr.scan import read_header
 from fsqr.server import Server
@@ -147,11 +145,7 @@ def _ignore_watchdogs_duplicate_watch_warning() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _pynetdicom_clients_keep_their_responses() -> Iterator[None]:
-    """The tests' pynetdicom clients run with fsqr's fix for pynetdicom racing itself (issues
-    #435, #875; see `get_msg_unless_paused`): without it, a client's reactor thread now and then
-    takes a response meant for the request just sent, and a test fails for the client's sake."""
-    original = DIMSEServiceProvider.get_msg
-    DIMSEServiceProvider.get_msg = get_msg_unless_paused  # type: ignore[method-assign]
-    yield
-    DIMSEServiceProvider.get_msg = original  # type: ignore[method-assign]
+def _pynetdicom_clients_keep_their_responses(pynetdicom_keeps_its_responses: None) -> None:
+    """The tests' pynetdicom clients run with fsqr's fix for pynetdicom racing itself (the
+    plugin's fixture): without it, a client's reactor thread now and then takes a response
+    meant for the request just sent, and a test fails for the client's sake."""
