@@ -24,6 +24,7 @@ import multiprocessing
 import random
 import re
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -85,6 +86,9 @@ def destination_process(ready: Any) -> None:
     server = ae.start_server(
         ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
     )
+    # As fsqr does: pynetdicom's backlog of 5 would drop the SYNs of fsqr's sub-associations
+    # when many moves start at once, and fsqr's connect would time out (timeouts.connect).
+    server.socket.listen(socket.SOMAXCONN)
     ready.send(int(server.server_address[1]))
     ready.recv()
     server.shutdown()

@@ -21,6 +21,7 @@ import copy
 import gc
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +47,10 @@ from fsqr.tree import walk
 from fsqr.watch import Watcher
 
 log = logging.getLogger(__name__)
+
+# Connections the system may hold completed but not yet accepted (the kernel caps it at
+# net.core.somaxconn); associations beyond `max_associations` are still refused with A-ASSOCIATE-RJ.
+LISTEN_BACKLOG = socket.SOMAXCONN
 
 STOP_GRACE = 5.0  # seconds that handlers still at work get to finish when the server stops
 
@@ -112,6 +117,10 @@ class Server:
                 ssl_context=ssl_context,
             )
             self._listener.contexts = [_CopiedQuickly.of(c) for c in self._listener.contexts]
+            # pynetdicom listens with Python's socketserver default, a backlog of 5: the sixth
+            # of a burst of clients that connect at once (a CI job's parallel tests, modalities
+            # after a network outage) has its SYN dropped and waits a second or more to retry.
+            self._listener.socket.listen(LISTEN_BACKLOG)
         except BaseException:  # the port is taken, say: no watcher threads are left behind
             self._stop_watcher()
             raise

@@ -3,7 +3,10 @@ simultaneous associations, the PDU size we announce, and the ACSE and network ti
 
 from __future__ import annotations
 
+import select
 import socket
+import socketserver
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,6 +80,29 @@ def test_associations_beyond_the_maximum_are_rejected(
     third = associate(server)
     assert third.is_established
     third.release()
+
+
+def test_a_burst_of_connections_waits_to_be_accepted_instead_of_being_dropped(
+    sample_tree: Path, start_server: Callable[..., Server]
+) -> None:
+    """With pynetdicom's listen backlog of 5, the sixth of a burst of connections has its SYN
+    dropped while the server is busy, and waits a second or more to try again."""
+    server = start_server(sample_tree)
+    socketserver.BaseServer.shutdown(server._listener)  # busy: accepts nothing for now
+    burst = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(40)]
+    try:
+        for client in burst:
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", server.port))
+        connected: set[socket.socket] = set()
+        deadline = time.monotonic() + 0.5  # well inside the first SYN retransmission (1 s)
+        while len(connected) < len(burst) and time.monotonic() < deadline:
+            _, writable, _ = select.select([], [c for c in burst if c not in connected], [], 0.05)
+            connected.update(writable)
+        assert len(connected) == len(burst)
+    finally:
+        for client in burst:
+            client.close()
 
 
 def test_the_maximum_pdu_size_is_announced(
