@@ -277,7 +277,7 @@ def bench_size(name: str, rows: int, instances: int, repeats: int, *, qr: bool, 
         )
 
 
-def lossy_scp(every: int, hold: float, ready: Any, delay: float = 0.0) -> None:
+def lossy_scp(ready: Any, every: int, hold: float, delay: float = 0.0) -> None:
     """A pynetdicom Storage SCP that leaves the first C-STORE of every `every`-th instance it
     receives unanswered for `hold` seconds, and takes `delay` seconds over every C-STORE (a
     destination writing to slow storage, or far away); sends back what it received when told to
@@ -316,7 +316,6 @@ def lossy_scp(every: int, hold: float, ready: Any, delay: float = 0.0) -> None:
 def bench_lost_responses(instances: int, every: int) -> None:
     """One C-MOVE of `instances` to an SCP that answers everything, then to one that leaves one
     C-STORE in `every` unanswered: both must deliver every instance."""
-    spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="fsqr-bench-lost-") as tmp:
         work = Path(tmp)
         files = work / "files"
@@ -324,20 +323,14 @@ def bench_lost_responses(instances: int, every: int) -> None:
         studies_ = list(studies_of(paths))
         print(f"\nlost responses: one C-MOVE of {len(paths)} small instances")
         for label, unanswered in (("every response", 0), (f"1 in {every} unanswered", every)):
-            ours, theirs = spawn.Pipe()
-            scp = spawn.Process(target=lossy_scp, args=(unanswered or len(paths) + 1, 5, theirs))
-            scp.start()
-            port = ours.recv()
-            peers = {"LOSSY": {"host": "127.0.0.1", "port": port}}
-            try:
-                with fsqr_serve(
-                    files, work, watch="off", ae_table=peers, timeouts={"store_response": 1}
-                ) as fsqr_port:
-                    took, last = move_everything(fsqr_port, "LOSSY", studies_)
-            finally:
-                ours.send("stop")
-                received, held = ours.recv()
-                scp.join(30)
+            took, last, received, held = move_to_scp(
+                files,
+                work,
+                studies_,
+                (unanswered or len(paths) + 1, 5),
+                {},
+                timeouts={"store_response": 1},
+            )
             completed = last.get("NumberOfCompletedSuboperations")
             failed = last.get("NumberOfFailedSuboperations")
             print(
@@ -351,7 +344,6 @@ def bench_lost_responses(instances: int, every: int) -> None:
 def bench_slow_destination(instances: int, delay: float, links: int) -> None:
     """One C-MOVE of `instances` small instances to a destination that takes `delay` seconds
     over each C-STORE, over one sub-association and over `links` at once."""
-    spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="fsqr-bench-slow-") as tmp:
         work = Path(tmp)
         files = work / "files"
@@ -363,24 +355,42 @@ def bench_slow_destination(instances: int, delay: float, links: int) -> None:
         )
         rates = {}
         for associations in (1, links):
-            ours, theirs = spawn.Pipe()
-            scp = spawn.Process(target=lossy_scp, args=(len(paths) + 1, 0, theirs, delay))
-            scp.start()
-            port = ours.recv()
-            peers = {"SLOW": {"host": "127.0.0.1", "port": port, "associations": associations}}
-            try:
-                with fsqr_serve(files, work, watch="off", ae_table=peers) as fsqr_port:
-                    took, last = move_everything(fsqr_port, "SLOW", studies_)
-            finally:
-                ours.send("stop")
-                received, _ = ours.recv()
-                scp.join(30)
+            took, last, received, _ = move_to_scp(
+                files, work, studies_, (len(paths) + 1, 0, delay), {"associations": associations}
+            )
             rates[associations] = len(received) / took
             print(
                 f"  associations: {associations:<2}  {rates[associations]:7.1f} instances/s"
                 f"  final {last.Status:04X}, {len(received)} of {len(paths)} delivered"
             )
         print(f"  {links} sub-associations at once: {rates[links] / rates[1]:.1f}x one")
+
+
+def move_to_scp(
+    files: Path,
+    work: Path,
+    studies: list[str],
+    scp_args: tuple[Any, ...],
+    peer: dict[str, Any],
+    **settings: Any,
+) -> tuple[float, Dataset, dict[str, int], list[str]]:
+    """One C-MOVE of every study, through `fsqr serve` (with `settings`), to a
+    `lossy_scp(ready, *scp_args)` in a process of its own, with `peer` in its `ae_table` entry:
+    (seconds, final response, how often it received each instance, the ones it withheld)."""
+    spawn = multiprocessing.get_context("spawn")
+    ours, theirs = spawn.Pipe()
+    scp = spawn.Process(target=lossy_scp, args=(theirs, *scp_args))
+    scp.start()
+    port = ours.recv()
+    peers = {"DEST": {"host": "127.0.0.1", "port": port, **peer}}
+    try:
+        with fsqr_serve(files, work, watch="off", ae_table=peers, **settings) as fsqr_port:
+            took, last = move_everything(fsqr_port, "DEST", studies)
+    finally:
+        ours.send("stop")
+        received, held = ours.recv()
+        scp.join(30)
+    return took, last, received, held
 
 
 def move_everything(port: int, destination: str, studies: list[str]) -> tuple[float, Dataset]:

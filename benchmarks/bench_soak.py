@@ -14,12 +14,13 @@ The server runs in its own process, as users run it. Nothing here is a test.
 
 The clients are pynetdicom SCUs, whose own reactor threads may take a response meant for the
 request they just sent (pynetdicom issues #435, #875); they run with fsqr's fix for that race,
-`fsqr.reactor.get_msg_unless_paused`, unless `--pynetdicom-race` is given.
+`fsqr.reactor.pynetdicom_keeps_its_responses`, unless `--pynetdicom-race` is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import random
 import re
@@ -39,7 +40,6 @@ from common import percentile
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_role, evt
-from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
@@ -48,7 +48,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from fsqr.reactor import get_msg_unless_paused
+from fsqr.reactor import pynetdicom_keeps_its_responses
 from fsqr.synthetic import make_instance, synthetic_uid, write_sample_data
 
 FIND = StudyRootQueryRetrieveInformationModelFind
@@ -156,16 +156,15 @@ def client_process(
 ) -> None:
     """Some of the clients, as threads of one process (one process for all of them would
     measure the GIL of the clients' own pynetdicom more than the server)."""
-    if not race:
-        DIMSEServiceProvider.get_msg = get_msg_unless_paused  # type: ignore[method-assign]
     stats = Stats()
     threads = [
         threading.Thread(target=client, args=(port, until, seed, targets, stats)) for seed in seeds
     ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with contextlib.nullcontext() if race else pynetdicom_keeps_its_responses():
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     out.put(stats.as_plain())
 
 

@@ -66,11 +66,7 @@ def fsqr_server(
 @pytest.fixture(scope="session")
 def pynetdicom_keeps_its_responses() -> Iterator[None]:
     """pynetdicom clients in this session keep every response (pynetdicom issues #435, #875)."""
-    from pynetdicom.dimse import DIMSEServiceProvider  # noqa: PLC0415 - see fsqr_server_factory
+    from fsqr.reactor import pynetdicom_keeps_its_responses  # noqa: PLC0415 - see above
 
-    from fsqr.reactor import get_msg_unless_paused  # noqa: PLC0415
-
-    original = DIMSEServiceProvider.get_msg
-    DIMSEServiceProvider.get_msg = get_msg_unless_paused  # type: ignore[method-assign,assignment]
-    yield
-    DIMSEServiceProvider.get_msg = original  # type: ignore[method-assign]
+    with pynetdicom_keeps_its_responses():
+        yield

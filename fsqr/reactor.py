@@ -35,7 +35,7 @@ import queue
 import select
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pynetdicom import AE, evt
@@ -126,12 +126,24 @@ def get_msg_unless_paused(dimse: Any, block: bool = False) -> Any:
     it before this look is kept out, and one that clears it after waits for `_is_paused`, which
     the reactor sets only once this look is over.
 
-    fsqr's own association loop uses it; tests and benchmarks set it on pynetdicom's class for
-    their pynetdicom clients.
+    fsqr's own association loop uses it; `pynetdicom_keeps_its_responses` gives it to every
+    association of the process, pynetdicom clients' included.
     """
     if not block and not dimse.assoc._reactor_checkpoint.is_set():
         return None, None
     return _GET_MSG(dimse, block)
+
+
+@contextlib.contextmanager
+def pynetdicom_keeps_its_responses() -> Iterator[None]:
+    """While inside, every association of this process, its clients' included, looks at its
+    DIMSE queue through `get_msg_unless_paused`: for the pynetdicom clients of a test suite (the
+    pytest plugin's fixture) or a benchmark, which would otherwise lose a response now and then."""
+    DIMSEServiceProvider.get_msg = get_msg_unless_paused  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        DIMSEServiceProvider.get_msg = _GET_MSG  # type: ignore[method-assign]
 
 
 def serve_without_polling(assoc: Any, ended: Callable[[Any, str], None] | None = None) -> None:

@@ -67,7 +67,7 @@ ALLOWED = {
     "inventory": LEAVES | {"scan"},
     "worklist": LEAVES | {"matching", "scan"},
     "cli": {"config", "server", "inventory"},
-    "pytest_plugin": {"server"},
+    "pytest_plugin": {"server", "reactor"},
     "conformance": {"status", "config", "keys", "matching", "server"},
     "__main__": {"cli"},
     "__init__": {"server", "config"},
