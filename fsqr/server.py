@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 # net.core.somaxconn); associations beyond `max_associations` are still refused with A-ASSOCIATE-RJ.
 LISTEN_BACKLOG = socket.SOMAXCONN
 
+# A snapshot this large (some 5,000 files) is checked against the tree in a process of its own;
+# below it, the 0.1-0.2 s that process takes to start is more than the pass it would take over.
+STAT_PASS_ELSEWHERE_FROM = 1 << 20  # bytes
+
 STOP_GRACE = 5.0  # seconds that handlers still at work get to finish when the server stops
 
 Progress = Callable[[int, int], None]
@@ -242,13 +246,18 @@ class Server:
             self._snapshot_writer.start()
 
     def _stat_pass(self) -> StatPass | None:
-        """With a snapshot: the pass that stats the tree against it, in a process of its own
-        unless the scan is asked to use one core."""
+        """With a snapshot configured: the pass that stats the tree against it, in a process of
+        its own unless the scan is asked to use one core, or there is no snapshot yet, or one
+        so small that starting a process costs more than it saves."""
         source = self.config.index_snapshot
         if source is None:
             return None
+        try:
+            small = os.stat(source).st_size < STAT_PASS_ELSEWHERE_FROM
+        except OSError:  # none yet, or unreadable: read_snapshot says which
+            small = True
         one_core = self.config.scan_workers == 1 or (os.cpu_count() or 1) == 1
-        return StatPass(source, self.config.root, here=one_core)
+        return StatPass(source, self.config.root, here=one_core or small)
 
     def _from_snapshot(
         self, stat_pass: StatPass

@@ -13,9 +13,11 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from fsqr import server as server_module
 from fsqr.records import Parsed, Skipped
 from fsqr.scan import read_header
 from fsqr.server import Server
@@ -214,10 +216,33 @@ def test_the_snapshot_is_readable_by_its_owner_alone(tree: Path, target: Path) -
 # -- the server, started twice ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scan_workers", [0, 1], ids=["stat-in-another-process", "one-core"])
+@pytest.fixture(params=["another-process", "one-core", "small-snapshot"])
+def stat_passes(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, list[bool]]:
+    """Where a restart's stat pass should run (set up for it), and where the server's stat
+    passes ran: True (another process) or False (here), one per start."""
+    if request.param == "another-process":  # as if the small snapshot held many thousand files
+        monkeypatch.setattr(server_module, "STAT_PASS_ELSEWHERE_FROM", 0)
+    started: list[bool] = []
+
+    def stat_pass(*args: Any, here: bool) -> StatPass:
+        started.append(not here)
+        return StatPass(*args, here=here)
+
+    monkeypatch.setattr(server_module, "StatPass", stat_pass)
+    return request.param, started
+
+
 def test_a_restart_answers_for_what_changed_while_the_server_was_down(
-    write: Write, tree: Path, target: Path, caplog: pytest.LogCaptureFixture, scan_workers: int
+    write: Write,
+    tree: Path,
+    target: Path,
+    caplog: pytest.LogCaptureFixture,
+    stat_passes: tuple[str, list[bool]],
 ) -> None:
+    where, started = stat_passes
+    scan_workers = 1 if where == "one-core" else 0
     write("study/4.dcm", n=4)  # left alone while the server is down
     config = server_config(tree, index_snapshot=str(target), scan_workers=scan_workers)
     with Server(config) as server:
@@ -238,6 +263,8 @@ def test_a_restart_answers_for_what_changed_while_the_server_was_down(
         found = {n: c_find_image(server, _uid(n)) for n in (1, 2, 3, 4, 5, 8, 9)}
     assert found == {1: 0, 2: 0, 3: 0, 4: 1, 5: 1, 8: 1, 9: 1}
     assert "index snapshot: 1 files unchanged, 3 to read" in caplog.messages
+    # The first start had no snapshot yet: no process for it.
+    assert started == [False, where == "another-process"]
 
 
 def test_a_second_copy_of_an_instance_survives_the_snapshot(
