@@ -406,6 +406,9 @@ class Storage:
     layout: str = field(default=DEFAULT_LAYOUT, metadata={_CHECK: _layout})
     # what to do when a received SOP Instance UID is already stored
     on_duplicate: OnDuplicate = field(default="replace", metadata={_CHECK: _one_of(ON_DUPLICATE)})
+    # fsync each received file and its folder before answering Success (false: faster, but an
+    # instance acknowledged just before a power cut may be lost, never served half)
+    fsync: bool = field(default=True, metadata={_CHECK: _boolean})
 
 
 # --- faults: misbehaving on purpose (fsqr/faults.py applies them) ----------------------------

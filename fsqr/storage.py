@@ -7,6 +7,10 @@ happens when its SOP Instance UID is already stored.
 - How: `write_atomic` writes a temporary `.fsqr-<random>.tmp` in the target folder, fsyncs it,
   renames it into place and fsyncs the folder. A crash at any moment leaves either nothing or
   the whole instance under its final name; the scan and the watcher never index a `.fsqr-` file.
+  With `storage.fsync: false` the two fsyncs are left out (here 1-1.4 ms of the 2.8 ms a small
+  instance's store takes; much more on a network share or a spinning disk): a power cut may
+  then lose an instance already acknowledged, or leave it cut short, which the scan skips as it
+  skips any truncated file.
 - Duplicates: `Receiver.store` applies `storage.on_duplicate` and indexes the instance before
   returning, so a C-FIND sent after the C-STORE response finds it.
 
@@ -135,14 +139,17 @@ def write_atomic(
     chunks: Sequence[bytes],
     renamed: Callable[[os.stat_result], None] | None = None,
     mode: int = 0o644,
+    *,
+    durable: bool = True,
 ) -> os.stat_result:
     """Write `chunks` to `target` all at once or not at all; return the new file's stat.
 
     The temporary file lives in the target folder (a rename never crosses file systems),
     is fsynced before the rename, and the folder is fsynced after it, so the name survives a
-    power cut once the caller answers Success. `renamed(stat)` is called as soon as the file
-    has its name, before that last fsync. On any error the temporary file is removed and the
-    `OSError` propagates; an existing `target` is then untouched.
+    power cut once the caller answers Success (not `durable`: neither fsync). `renamed(stat)`
+    is called as soon as the file has its name, before that last fsync. On any error the
+    temporary file is removed and the `OSError` propagates; an existing `target` is then
+    untouched.
     """
     folder = target.parent
     temp = folder / f"{TEMP_PREFIX}{secrets.token_hex(8)}.tmp"
@@ -158,7 +165,8 @@ def write_atomic(
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
             st = os.fstat(fd)
         finally:
             os.close(fd)
@@ -169,7 +177,8 @@ def write_atomic(
         raise
     if renamed is not None:
         renamed(st)
-    _fsync_folder(folder)
+    if durable:
+        _fsync_folder(folder)
     return st
 
 
@@ -226,6 +235,7 @@ class Receiver:
         self.root = Path(config.root)
         self.layout = config.storage.layout
         self.on_duplicate = config.storage.on_duplicate
+        self.durable = config.storage.fsync
         self.read_only = config.read_only
         self.index = index
         self._area = os.path.normpath(self.root / storage_area(self.layout))
@@ -280,7 +290,7 @@ class Receiver:
             self.index.add(replace(parsed, instance=written), serve=True)
 
         try:
-            write_atomic(target, [encoded], index_it)
+            write_atomic(target, [encoded], index_it, durable=self.durable)
         except OSError as exc:
             raise OutOfResources(f"cannot write: {exc.strerror or exc}") from exc
         if old is None:

@@ -170,6 +170,22 @@ def test_an_instance_is_written_as_sent_under_the_layout_and_indexed(tmp_path: P
     assert served.mtime_ns == expected.stat().st_mtime_ns  # so the watcher's event is a no-op
 
 
+@pytest.mark.parametrize(("fsync", "fsyncs"), [(True, 2), (False, 0)])
+def test_a_stored_instance_is_on_disk_before_success_unless_fsync_is_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool, fsyncs: int
+) -> None:
+    """The file, then its folder (the new name); `storage.fsync: false` skips both."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(storage.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    rx = receiver(tmp_path, storage={"fsync": fsync})
+    ds = instance()
+    stored = store(rx, ds)
+    assert Path(stored.path).read_bytes() == encoded(ds)
+    assert rx.index.instance(ds.SOPInstanceUID) is not None
+    assert len(synced) == fsyncs
+
+
 def test_a_custom_layout(tmp_path: Path) -> None:
     rx = receiver(tmp_path, storage={"layout": "in/{Modality}/{SOPInstanceUID}.dcm"})
     ds = instance(modality="MR")
