@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import socket
+import socketserver
+import threading
 from pathlib import Path
 
+import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -26,5 +29,21 @@ def test_a_context_manager_on_a_free_local_port(tmp_path: Path) -> None:
         assert assoc.send_c_echo().Status == 0
         assoc.release()
         port = server.port
+    with socket.socket() as probe:  # stopped: nothing listens there any more
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_stop_does_not_wait_for_the_accept_loop_to_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """socketserver's accept loop looks for a stop request each time its select() returns (every
+    0.5 s); here it would return only once an hour, and stop() must not wait for it."""
+    monkeypatch.setattr(socketserver.BaseServer.serve_forever, "__defaults__", (3600.0,))
+    server = Server(root=tmp_path, watch="off").start()
+    port = server.port
+    stopping = threading.Thread(target=server.stop, daemon=True)
+    stopping.start()
+    stopping.join(30)
+    assert not stopping.is_alive()
     with socket.socket() as probe:  # stopped: nothing listens there any more
         assert probe.connect_ex(("127.0.0.1", port)) != 0
