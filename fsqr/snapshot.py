@@ -133,7 +133,7 @@ def write_snapshot(
     digest = hashlib.blake2b(body, digest_size=16).hexdigest()
     header = f"{_MAGIC} {_fingerprint()} {len(stamps)} {len(body)} {digest}\n".encode("ascii")
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Imported here: storage.py brings pydicom, which `changes`'s process must not wait for.
+    # Imported here: storage.py brings pydicom, which the stat pass's process must not wait for.
     from fsqr.storage import write_atomic  # noqa: PLC0415
 
     write_atomic(target, [header, body], mode=0o600)
@@ -169,9 +169,6 @@ class Snapshot:
             add(Skipped(prefix + path, reason, stamp))
         self.records = records
         self.digest = digest  # of the body: `changes` must have compared this very snapshot
-
-    def __len__(self) -> int:
-        return len(self.records)
 
 
 def read_snapshot(source: Path, root: Path) -> Snapshot | None:
