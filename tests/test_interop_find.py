@@ -329,7 +329,7 @@ def _drain(assoc: Any) -> tuple[int, int]:
         return pending, code
 
 
-# -- pending responses, one PDU each (handlers.send_find_answers_in_one_pdu) ------------------
+# -- pending responses, one PDU each (handlers.send_answers_in_one_pdu) -----------------------
 
 
 @pytest.mark.parametrize(

@@ -22,12 +22,16 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
     Verification,
 )
 
+from fsqr import handlers
 from fsqr.server import Server
 from fsqr.synthetic import synthetic_uid, write_instance
 from fsqr.tree import TEMP_PREFIX
@@ -93,6 +97,48 @@ def test_a_stored_instance_is_found_by_the_very_next_c_find(
     assert written.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     assert written.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert written.PixelData == ds.PixelData
+
+
+@pytest.mark.parametrize(
+    ("sop_instance", "message_id", "code"),
+    [("1.2.3.4", 1, 0x0000), ("1.2.3.45", 65535, 0xB000)],
+    ids=["success", "warning-odd-length-uid"],
+)
+def test_the_c_store_response_command_is_pynetdicoms_to_the_byte(
+    sop_instance: str, message_id: int, code: int
+) -> None:
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo = message_id
+    primitive.AffectedSOPClassUID = CTImageStorage
+    primitive.AffectedSOPInstanceUID = sop_instance
+    primitive.Status = code
+    message = C_STORE_RSP()
+    message.primitive_to_message(primitive)
+    expected = encode(message.command_set, True, True)
+    assert handlers.store_response_command(CTImageStorage, sop_instance, message_id, code) == (
+        expected
+    )
+
+
+def test_a_stored_instance_is_answered_by_fsqrs_own_encoding_a_refusal_by_pynetdicoms(
+    root: Path,
+    start_server: Callable[..., Server],
+    connect: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Success goes the quick way; a status with an Error Comment is left to pynetdicom."""
+    encoded: list[int] = []
+    encode_response = handlers.store_response_command
+
+    def counted(*args: Any) -> bytes:
+        encoded.append(args[-1])
+        return encode_response(*args)
+
+    monkeypatch.setattr(handlers, "store_response_command", counted)
+    assert store(connect(start_server(root)), instance()).Status == 0x0000
+    answer = store(connect(start_server(root, read_only=True)), instance(n=2))
+    assert (answer.Status, "read-only" in answer.ErrorComment) == (0x0124, True)
+    assert encoded == [0x0000]
 
 
 def test_the_watcher_does_not_index_a_stored_instance_a_second_time(
