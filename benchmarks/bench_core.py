@@ -36,7 +36,7 @@ from fsqr.query import find as find_answers
 from fsqr.query import parse_identifier
 from fsqr.records import Parsed
 from fsqr.scan import HeaderCache, scan_files
-from fsqr.synthetic import tree_split, write_tree
+from fsqr.synthetic import write_tree_of_about
 from fsqr.tree import walk
 
 # pynetdicom is imported where it is used: the scan's worker processes import this module first
@@ -46,14 +46,7 @@ VERIFICATION = "1.2.840.10008.1.1"
 
 
 def make_tree(root: Path, instances: int) -> list[str]:
-    patients, studies, series, per_series = tree_split(instances)
-    write_tree(
-        root,
-        patients=patients,
-        studies_per_patient=studies,
-        series_per_study=series,
-        instances_per_series=per_series,
-    )
+    write_tree_of_about(root, instances)
     return list(walk(root))
 
 

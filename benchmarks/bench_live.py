@@ -64,7 +64,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from fsqr.reactor import pynetdicom_keeps_its_responses
-from fsqr.synthetic import make_instance, synthetic_uid, tree_split, write_instance, write_tree
+from fsqr.synthetic import make_instance, synthetic_uid, write_instance, write_tree_of_about
 
 FIND = StudyRootQueryRetrieveInformationModelFind
 STUDY = synthetic_uid("bench-live", "study")
@@ -237,16 +237,7 @@ def qrscp(work: Path) -> Iterator[int]:
 
 def throughput(work: Path, instances: int, size: int, repeats: int, with_qrscp: bool) -> None:
     files = work / f"files{size}"
-    patients, studies, series, per_series = tree_split(instances)
-    write_tree(
-        files,
-        patients=patients,
-        studies_per_patient=studies,
-        series_per_study=series,
-        instances_per_series=per_series,
-        rows=size,
-        columns=size,
-    )
+    write_tree_of_about(files, instances, rows=size, columns=size)
     count = sum(1 for p in files.rglob("*") if p.is_file())
     first = next(p for p in sorted(files.rglob("*")) if p.is_file())
     rates: dict[str, list[float]] = {

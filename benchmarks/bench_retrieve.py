@@ -71,7 +71,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # type: ignore[attr-defined]
 
-from fsqr.synthetic import tree_split, write_tree
+from fsqr.synthetic import write_tree_of_about
 
 MOVE = StudyRootQueryRetrieveInformationModelMove
 STORESCP_TITLE = "STORESCP"
@@ -213,16 +213,7 @@ def median_of_complete(action: Callable[[], float | None], repeats: int, label: 
 
 def write_files(folder: Path, instances: int, rows: int) -> list[Path]:
     """`instances` synthetic images of `rows` x `rows`, 50 to a patient, under `folder`."""
-    patients, studies, series, per_series = tree_split(instances)
-    return write_tree(
-        folder,
-        patients=patients,
-        studies_per_patient=studies,
-        series_per_study=series,
-        instances_per_series=per_series,
-        rows=rows,
-        columns=rows,
-    )
+    return write_tree_of_about(folder, instances, rows=rows, columns=rows)
 
 
 def bench_size(name: str, rows: int, instances: int, repeats: int, *, qr: bool, links: int) -> None:

@@ -57,7 +57,7 @@ from fsqr.query import find, parse_identifier
 from fsqr.records import Parsed
 from fsqr.scan import HeaderCache
 from fsqr.server import Server
-from fsqr.synthetic import synthetic_uid, tree_split, write_tree
+from fsqr.synthetic import synthetic_uid, tree_split, write_tree_of_about
 from fsqr.tree import walk
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -290,15 +290,8 @@ def _write_subtree(task: tuple[Path, int]) -> int:
     folder = _subtree(work, seed)
     if not folder.is_dir() or sum(1 for _ in walk(folder)) != _SUBTREE:  # cut short by Ctrl-C?
         shutil.rmtree(folder, ignore_errors=True)
-        patients, studies, series, per_series = tree_split(_SUBTREE)
-        write_tree(
-            folder,
-            patients=patients,
-            studies_per_patient=studies,
-            series_per_study=series,
-            instances_per_series=per_series,
-            seed=seed,  # other Patient IDs and UIDs: every file is an instance of its own
-        )
+        # Another seed, other Patient IDs and UIDs: every file is an instance of its own.
+        write_tree_of_about(folder, _SUBTREE, seed=seed)
     return seed
 
 

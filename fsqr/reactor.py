@@ -139,11 +139,12 @@ def pynetdicom_keeps_its_responses() -> Iterator[None]:
     """While inside, every association of this process, its clients' included, looks at its
     DIMSE queue through `get_msg_unless_paused`: for the pynetdicom clients of a test suite (the
     pytest plugin's fixture) or a benchmark, which would otherwise lose a response now and then."""
+    before = DIMSEServiceProvider.get_msg
     DIMSEServiceProvider.get_msg = get_msg_unless_paused  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:
-        DIMSEServiceProvider.get_msg = _GET_MSG  # type: ignore[method-assign]
+        DIMSEServiceProvider.get_msg = before  # type: ignore[method-assign]
 
 
 def serve_without_polling(assoc: Any, ended: Callable[[Any, str], None] | None = None) -> None:

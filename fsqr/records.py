@@ -79,6 +79,30 @@ def stat_stamp(st: os.stat_result) -> int:
     return file_stamp(st.st_size, st.st_mtime_ns, st.st_ino)
 
 
+def _fill(  # noqa: PLR0917 (every field of an Instance, in order)
+    instance: Instance,
+    sop_instance_uid: str,
+    series_uid: str,
+    sop_class_uid: str,
+    transfer_syntax_uid: str,
+    folder: str,
+    name: str,
+    stamp: int,
+    values: tuple[str, ...],
+) -> None:
+    """Set an Instance's fields: frozen, so object.__setattr__ is the only way in; unrolled, as
+    a scan or a snapshot read back makes millions."""
+    put = object.__setattr__
+    put(instance, "sop_instance_uid", sop_instance_uid)
+    put(instance, "series_uid", series_uid)
+    put(instance, "sop_class_uid", sop_class_uid)
+    put(instance, "transfer_syntax_uid", transfer_syntax_uid)
+    put(instance, "folder", folder)
+    put(instance, "name", name)
+    put(instance, "stamp", stamp)
+    put(instance, "values", values)
+
+
 @dataclass(frozen=True, slots=True, init=False)
 class Instance:
     """One file of an instance. Made from a `path` (or, as `replace` does, a folder and name).
@@ -141,15 +165,17 @@ class Instance:
             mtime_ns = stamp >> (_SIZE_BITS + _INODE_BITS) if mtime_ns is None else mtime_ns
             inode = (stamp >> _SIZE_BITS) & _INODE_MASK if inode is None else inode
             stamp = file_stamp(size, mtime_ns, inode)
-        put = object.__setattr__  # frozen: the only way in; unrolled, as a scan makes millions
-        put(self, "sop_instance_uid", sop_instance_uid)
-        put(self, "series_uid", series_uid)
-        put(self, "sop_class_uid", sop_class_uid)
-        put(self, "transfer_syntax_uid", transfer_syntax_uid)
-        put(self, "folder", folder)
-        put(self, "name", name)
-        put(self, "stamp", stamp)
-        put(self, "values", values)
+        _fill(
+            self,
+            sop_instance_uid,
+            series_uid,
+            sop_class_uid,
+            transfer_syntax_uid,
+            folder,
+            name,
+            stamp,
+            values,
+        )
 
     @classmethod
     def of_shared(  # noqa: PLR0917 (every field, in order)
@@ -168,15 +194,17 @@ class Instance:
         back, whose strings come out of `marshal` shared as they went in), at a third the cost.
         """
         instance = cls.__new__(cls)
-        put = object.__setattr__
-        put(instance, "sop_instance_uid", sop_instance_uid)
-        put(instance, "series_uid", series_uid)
-        put(instance, "sop_class_uid", sop_class_uid)
-        put(instance, "transfer_syntax_uid", transfer_syntax_uid)
-        put(instance, "folder", folder)
-        put(instance, "name", name)
-        put(instance, "stamp", stamp)
-        put(instance, "values", values)
+        _fill(
+            instance,
+            sop_instance_uid,
+            series_uid,
+            sop_class_uid,
+            transfer_syntax_uid,
+            folder,
+            name,
+            stamp,
+            values,
+        )
         return instance
 
     @property

@@ -456,6 +456,23 @@ def write_tree(
     return paths
 
 
+def write_tree_of_about(
+    root: Path, instances: int, *, rows: int = 16, columns: int = 16, seed: int = 0
+) -> list[Path]:
+    """`write_tree` of about `instances` instances, split as `tree_split` splits them."""
+    patients, studies, series, per_series = tree_split(instances)
+    return write_tree(
+        root,
+        patients=patients,
+        studies_per_patient=studies,
+        series_per_study=series,
+        instances_per_series=per_series,
+        rows=rows,
+        columns=columns,
+        seed=seed,
+    )
+
+
 def tree_split(instances: int) -> tuple[int, int, int, int]:
     """Patients, studies per patient, series per study and instances per series for about
     `instances` instances: two studies of two series each per patient, up to 25 per series.
@@ -695,16 +712,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.tree < 1:
             parser.error("--tree needs at least 1 instance")
-        patients, studies, series, instances = tree_split(args.tree)
-        paths = write_tree(
-            args.out,
-            patients=patients,
-            studies_per_patient=studies,
-            series_per_study=series,
-            instances_per_series=instances,
-            rows=args.rows,
-            columns=args.columns,
-            seed=args.seed,
+        paths = write_tree_of_about(
+            args.out, args.tree, rows=args.rows, columns=args.columns, seed=args.seed
         )
     size = sum(path.stat().st_size for path in paths)
     print(f"wrote {len(paths)} files, {size} bytes, under {args.out}")

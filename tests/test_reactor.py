@@ -159,6 +159,16 @@ def test_an_open_checkpoint_lets_the_reactor_take_requests() -> None:
     assert reactor.get_msg_unless_paused(assoc.dimse) == (3, "request")
 
 
+def test_leaving_the_fix_puts_back_what_was_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    def elsewhere(dimse: Any, block: bool = False) -> Any:  # another patch, made before
+        return None, None
+
+    monkeypatch.setattr(DIMSEServiceProvider, "get_msg", elsewhere)
+    with reactor.pynetdicom_keeps_its_responses():
+        assert DIMSEServiceProvider.get_msg is reactor.get_msg_unless_paused
+    assert DIMSEServiceProvider.get_msg is elsewhere
+
+
 def test_the_suites_pynetdicom_clients_run_with_the_fix() -> None:
     """conftest.py sets it on pynetdicom's class; without it, tests fail now and then for the
     clients' sake (a CI run once lost a pending C-FIND response to it)."""

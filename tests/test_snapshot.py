@@ -267,6 +267,25 @@ def test_a_restart_answers_for_what_changed_while_the_server_was_down(
     assert started == [False, where == "another-process"]
 
 
+def test_a_stat_pass_for_another_snapshot_means_every_file_is_read(
+    write: Write, tree: Path, target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server indexes the snapshot's records while stat runs; if what stat found belongs to
+    another snapshot, all of that goes, and a file deleted while it was down is not served."""
+    config = server_config(tree, index_snapshot=str(target), watch="off")
+    with Server(config):
+        pass
+    (tree / "study" / "1.dcm").unlink()
+
+    def another_snapshots(self: StatPass) -> Changes:
+        return Changes("0" * 32, [], [])
+
+    monkeypatch.setattr(StatPass, "answer", another_snapshots)
+    with Server(config) as server:
+        assert [c_find_image(server, _uid(n)) for n in (1, 2, 3)] == [0, 1, 1]
+        assert server.index.counts().files == 2
+
+
 def test_a_second_copy_of_an_instance_survives_the_snapshot(
     write: Write, tree: Path, target: Path
 ) -> None:
