@@ -92,6 +92,19 @@ def median_seconds(action: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def interleaved_medians(actions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each action, timed in turns (a, b, c, a, b, c, ...): on a machine
+    whose speed drifts (shared cores, CPU steal), every action then meets the same drift, and
+    the ratios between them hold where back-to-back series of each would not."""
+    times: dict[str, list[float]] = {name: [] for name in actions}
+    for _ in range(repeats):
+        for name, action in actions.items():
+            started = time.perf_counter()
+            action()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
 def percentile(values: list[float], fraction: float) -> float:
     """The value below which `fraction` of `values` lie (nearest rank)."""
     ordered = sorted(values)

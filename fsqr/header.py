@@ -46,6 +46,7 @@ import struct
 import sys
 import warnings
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pydicom import config as pydicom_config
 from pydicom import hooks as pydicom_hooks
@@ -64,7 +65,16 @@ from pydicom.uid import (
 )
 
 from fsqr.keys import SPECIFIC_CHARACTER_SET, Level, header_tags, indexed_keys
-from fsqr.records import Instance, Parsed, Patient, Series, Skipped, Study, stat_stamp
+from fsqr.records import (
+    Instance,
+    Parsed,
+    Patient,
+    Series,
+    Skipped,
+    Study,
+    file_stamp,
+    stat_stamp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +98,7 @@ _TRANSFER_SYNTAX = 0x00020010
 _ITEM = 0xFFFEE000  # PS3.5 7.5.2: Item, Item Delimitation Item, Sequence Delimitation Item
 _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
-_FIRST_PIXEL_TAG = min(PIXEL_TAGS)
+_FIRST_PIXEL_GROUP = min(PIXEL_TAGS) >> 16
 _MAX_DEPTH = 32  # sequences nested deeper than this are left to pydicom
 
 # PS3.5 Table 7.1-1: these VRs are followed by 2 reserved bytes and a 32-bit length; all other
@@ -102,13 +112,29 @@ _PIXEL_VRS_WITH_RESERVED_BYTES = frozenset({b"OB", b"OW", b"OF", b"OD", b"UN"})
 # its VR from pydicom's dictionary (in Implicit VR the dictionary is the only source, PS3.5 7.1.3).
 _WANTED = header_tags() | {SPECIFIC_CHARACTER_SET}
 _DICTIONARY_VR = {tag: str(dictionary_VR(tag)).encode("ascii") for tag in _WANTED}
+_WANTED_SWAPPED = {(tag & 0xFFFF) << 16 | tag >> 16: tag for tag in _WANTED}
+_VR_NAMES = {int.from_bytes(vr, "little"): vr for vr in _SHORT_VRS | _LONG_VRS}
+_SHORT_VR_CODES = frozenset(int.from_bytes(vr, "little") for vr in _SHORT_VRS)
+_LONG_VR_CODES = frozenset(int.from_bytes(vr, "little") for vr in _LONG_VRS)
 _NO_TEXTS = dict.fromkeys(header_tags(), "")  # what the index stores for an absent element
 
 _BLOCK = 64 * 1024  # read this much at once: a whole header, most of the time
+# The walk reads the tag as one little-endian 32-bit number: (element << 16) | group. And the VR
+# as a 16-bit number: b"UI" is 0x4955.
+_EXPLICIT_SWAPPED = struct.Struct("<LHH").unpack_from
+_IMPLICIT_SWAPPED = struct.Struct("<LL").unpack_from
 _EXPLICIT = struct.Struct("<HH2sH").unpack_from  # PS3.5 7.1.2: group, element, VR, 16-bit length
 _IMPLICIT = struct.Struct("<HHL").unpack_from  # PS3.5 7.1.3 and 7.5: group, element, length
 _UINT32 = struct.Struct("<L").unpack_from
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows opens files as text otherwise
+
+
+def _seek_and_read(fd: int, n: int, pos: int) -> bytes:
+    os.lseek(fd, pos, os.SEEK_SET)
+    return os.read(fd, n)
+
+
+_read_at = getattr(os, "pread", _seek_and_read)  # one system call where there is pread (POSIX)
 
 
 def element_text(element: DataElement | None) -> str:
@@ -132,7 +158,18 @@ def element_text(element: DataElement | None) -> str:
     return str(value).strip()
 
 
-_TAGS_OF_LEVEL = {level: tuple(k.tag for k in indexed_keys(level)) for level in Level}
+_TAGS_OF_LEVEL = tuple(tuple(k.tag for k in indexed_keys(level)) for level in Level)
+# What a file lacking a level's UID is skipped for, in the order it is checked (PATIENT: never).
+_NO_UID = tuple(f"no {indexed_keys(level)[0].keyword}" for level in Level)
+_SOP_CLASS_UID = 0x00080016
+_intern = sys.intern
+
+# The patient, study and series records of the files read lately, keyed by what makes them:
+# the files of a series repeat all three, and one shared object costs less to make and to keep.
+# Dict operations are atomic, so threads may share this; it is forgotten all at once when full.
+_RECENT: dict[tuple[object, ...], Patient | Study | Series] = {}
+_Record = TypeVar("_Record", Patient, Study, Series)
+_RECENT_MAX = 4096
 
 
 def records_from(
@@ -158,36 +195,44 @@ def records_from(
     >>> records_from(lambda tag: "", lambda: "", **file).reason
     'no StudyInstanceUID'
     """
-    uids = {}
-    for level in Level:
-        key = indexed_keys(level)[0]
-        uids[level] = text(key.tag)
-        if level is not Level.PATIENT and not uids[level]:
-            return Skipped(path, f"no {key.keyword}")
-    sop_class = text(0x00080016) or media_sop_class()
+    # Interned: a study's 500 instances then share one copy of each repeated string. Each
+    # level's first value is its UID (`keys.indexed_keys`).
+    patient, study, series, image = (
+        tuple([_intern(text(tag)) for tag in tags]) for tags in _TAGS_OF_LEVEL
+    )
+    for level, values in enumerate((study, series, image), start=1):
+        if not values[0]:
+            return Skipped(path, _NO_UID[level])
+    sop_class = text(_SOP_CLASS_UID) or media_sop_class()
     if not sop_class:
         return Skipped(path, "no SOPClassUID")
-
-    def values(level: Level) -> tuple[str, ...]:
-        # Interned: a study's 500 instances then share one copy of each repeated string.
-        return tuple(map(sys.intern, map(text, _TAGS_OF_LEVEL[level])))
-
+    cut = path.rfind(os.sep) + 1
     return Parsed(
-        patient=Patient(uids[Level.PATIENT], values(Level.PATIENT)),
-        study=Study(uids[Level.STUDY], uids[Level.PATIENT], values(Level.STUDY)),
-        series=Series(uids[Level.SERIES], uids[Level.STUDY], values(Level.SERIES)),
-        instance=Instance(
-            sop_instance_uid=uids[Level.IMAGE],
-            series_uid=uids[Level.SERIES],
-            sop_class_uid=sys.intern(sop_class),
-            transfer_syntax_uid=sys.intern(transfer_syntax),
-            path=path,
-            size=size,
-            mtime_ns=mtime_ns,
-            values=values(Level.IMAGE),
-            inode=inode,
+        patient=_recent(Patient, patient[0], patient),
+        study=_recent(Study, study[0], patient[0], study),
+        series=_recent(Series, series[0], study[0], series),
+        instance=Instance.of_shared(
+            image[0],
+            series[0],
+            _intern(sop_class),
+            _intern(transfer_syntax),
+            _intern(path[:cut]),
+            _intern(path[cut:]),
+            file_stamp(size, mtime_ns, inode),
+            image,
         ),
     )
+
+
+def _recent(kind: type[_Record], *fields: Any) -> _Record:
+    """The record of `kind` with these fields: the one made lately, or a new one."""
+    key = (kind, *fields)
+    record = _RECENT.get(key)
+    if record is None:
+        if len(_RECENT) >= _RECENT_MAX:
+            _RECENT.clear()
+        record = _RECENT[key] = kind(*fields)
+    return record  # type: ignore[return-value]  # the key starts with its kind
 
 
 def without_pixel_data(parsed: Parsed | Skipped, has_pixel_data: bool) -> Parsed | Skipped:
@@ -476,8 +521,7 @@ class _File:
         self.data = self.read(0, min(size, _BLOCK))
 
     def read(self, pos: int, n: int) -> bytes:
-        os.lseek(self.fd, pos, os.SEEK_SET)
-        return os.read(self.fd, n)
+        return _read_at(self.fd, n, pos)
 
     def hold(self, pos: int, n: int) -> None:
         """Make `data` cover `n` bytes from `pos` (fewer where the file ends first)."""
@@ -580,63 +624,72 @@ class _Header:
         self.pixel = pixel  # (offset of its element, VR or None, length)
 
 
-def _walk(f: _File, pos: int, implicit: bool) -> _Header | None:
+def _walk(f: _File, pos: int, implicit: bool) -> _Header | None:  # noqa: PLR0915 (one hot loop)
     """Walk the top-level elements from `pos` to the pixel data or the end of the file, keeping
     the raw values of the wanted ones. None when anything is not as PS3.5 7.1 and 7.5 say.
 
-    This loop runs some 60 times per file: it keeps its names local and tests the rare cases
-    (pixel data, undefined lengths, items out of place) behind one comparison.
+    This loop runs some 60 times per file, so it is written for speed: offsets into the block
+    held (`off`) rather than into the file; each element's tag read as one 32-bit number with
+    the element number in its high half (`_SWAPPED`), and its VR as a 16-bit number, so that
+    no bytes object is made for an element that is not wanted; the rare cases (pixel data,
+    undefined lengths, items out of place) behind one comparison.
     """
     found: dict[int, _Raw] = {}
-    wanted, short_vrs, long_vrs, uint32 = _WANTED, _SHORT_VRS, _LONG_VRS, _UINT32
-    unpack = _IMPLICIT if implicit else _EXPLICIT
-    size, data, base = f.size, f.data, f.base
+    wanted, short_vrs, long_vrs, uint32 = _WANTED_SWAPPED, _SHORT_VR_CODES, _LONG_VR_CODES, _UINT32
+    unpack = _IMPLICIT_SWAPPED if implicit else _EXPLICIT_SWAPPED
+    f.hold(pos, 12)  # from here on `off` only grows: never before the block held
+    data, base = f.data, f.base
     held = len(data) - 12  # from offsets up to here, `data` holds a whole element header
-    last = size - 8  # pydicom too takes fewer than 8 bytes left for the end of the data set
-    vr: bytes | None = None
-    while pos <= last:
-        off = pos - base
-        if off > held or off < 0:
-            f.hold(pos, 12)
-            data, base, off = f.data, f.base, 0
+    last = f.size - 8 - base  # pydicom too takes fewer than 8 bytes left for the data set's end
+    off = pos - base
+    vr: int | None = None
+    header = 8
+    while off <= last:
+        if off > held:
+            f.hold(base + off, 12)
+            off, last = off + base - f.base, last + base - f.base
+            data, base = f.data, f.base
             held = len(data) - 12
         if implicit:  # PS3.5 7.1.3: tag, 32-bit length, value
-            group, element, length = unpack(data, off)
-            header = 8
+            swapped, length = unpack(data, off)
         else:  # PS3.5 7.1.2: tag, VR, 16-bit length, value; or tag, VR, 0000, 32-bit length
-            group, element, vr, length = unpack(data, off)
+            swapped, vr, length = unpack(data, off)
             if vr in short_vrs:
                 header = 8
             elif vr in long_vrs and off <= held:
                 length, header = uint32(data, off + 8)[0], 12
             else:
                 return None  # unknown VR bytes, or the file ends inside the header
-        tag = group << 16 | element
-        if tag in wanted:
+        if swapped in wanted:
             if length == UNDEFINED_LENGTH:
                 return None
             start = off + header
             if start + length <= len(data):
                 value = data[start : start + length]
             else:
-                value = f.read(pos + header, length)
-            found[tag] = (vr, value, pos + header)
-        elif tag >= _FIRST_PIXEL_TAG or length == UNDEFINED_LENGTH:
+                value = f.read(base + start, length)
+            found[wanted[swapped]] = (None if vr is None else _VR_NAMES[vr], value, base + start)
+        elif (swapped & 0xFFFF) >= _FIRST_PIXEL_GROUP or length == UNDEFINED_LENGTH:
+            tag = (swapped & 0xFFFF) << 16 | swapped >> 16
+            vr_name = None if vr is None else _VR_NAMES[vr]
             if tag in PIXEL_TAGS:
-                return _Header(found, (pos, vr, length))  # pydicom stops here too
-            if group == 0xFFFE:
+                return _Header(found, (base + off, vr_name, length))  # pydicom stops here too
+            if tag >> 16 == 0xFFFE:
                 return None  # an item tag out of place: pydicom reads those its own way
             if length == UNDEFINED_LENGTH:
-                if not _is_sequence(f, pos + header, tag, vr):
+                pos = base + off + header
+                if not _is_sequence(f, pos, tag, vr_name):
                     return None
-                pos = _skip_sequence(f, pos + header, implicit, 1)
+                pos = _skip_sequence(f, pos, implicit, 1)
                 if pos < 0:
                     return None
+                last = last + base - f.base
                 data, base = f.data, f.base
                 held = len(data) - 12
+                off = pos - base
                 continue
-        pos += header + length
-    if pos > size:
+        off += header + length
+    if base + off > f.size:
         return None  # the last value runs past the end of the file
     return _Header(found, None)
 
@@ -767,8 +820,11 @@ def _read(f: _File, path: str, st: os.stat_result) -> Parsed | Skipped | None:
     charset = found.pop(SPECIFIC_CHARACTER_SET, None)
     codec = _codec_for(charset, implicit)
     texts = _NO_TEXTS.copy()
-    for tag, raw in found.items():
-        texts[tag] = _value_text(tag, raw, codec, charset, implicit)
+    converted = _CONVERTED
+    for tag, raw in found.items():  # `_value_text`'s first steps, here: this runs 25 times a file
+        vr, value, _ = raw
+        text = converted.get((vr or _DICTIONARY_VR[tag], value, codec)) if value else ""
+        texts[tag] = _value_text(tag, raw, codec, charset, implicit) if text is None else text
     parsed = records_from(
         texts.__getitem__,
         lambda: uids.get(_MEDIA_STORAGE_SOP_CLASS, ""),

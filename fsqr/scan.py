@@ -8,15 +8,18 @@ This module reads files and nothing else: it knows neither the index's locking n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import signal
+import sys
 import threading
 import warnings
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -46,7 +49,7 @@ from fsqr.header import UNDEFINED_LENGTH as _UNDEFINED_LENGTH
 # Re-exported: query and storage read values as the index stores them, and skip as the scan does.
 from fsqr.header import element_text as element_text  # noqa: PLC0414 (mypy's explicit re-export)
 from fsqr.header import without_pixel_data as without_pixel_data  # noqa: PLC0414 (ditto)
-from fsqr.records import Parsed, Patient, Series, Skipped, Study, stat_stamp
+from fsqr.records import Parsed, Skipped, stat_stamp
 
 log = logging.getLogger(__name__)
 
@@ -182,77 +185,199 @@ def parsed_from_dataset(
 
 
 def _read_chunk(paths: list[str]) -> list[Parsed | Skipped]:
-    """Read a chunk of files. Equal patient, study and series records become one object, so that
-    a worker pickles each once per chunk and the scanning process unpickles and keeps it once."""
-    patients: dict[Patient, Patient] = {}
-    studies: dict[Study, Study] = {}
-    series: dict[Series, Series] = {}
-    results: list[Parsed | Skipped] = []
-    for path in paths:
-        result = read_header(path)
-        if isinstance(result, Parsed):
-            result = Parsed(
-                patients.setdefault(result.patient, result.patient),
-                studies.setdefault(result.study, result.study),
-                series.setdefault(result.series, result.series),
-                result.instance,
-            )
-        results.append(result)
-    return results
+    """Read a chunk of files. The files of a series share their patient, study and series
+    records (`header.records_from`), so a helper pickles each once per chunk, and the scanning
+    process unpickles and keeps it once."""
+    return [read_header(path) for path in paths]
 
 
-def _pool_context() -> multiprocessing.context.BaseContext:
-    # forkserver: workers fork from a clean single-threaded process, never from a server that
-    # already runs threads (forking those can deadlock). Nothing is preloaded into it: with a
-    # preload the first task waits until the forkserver has imported pydicom (~0.25 s); without
-    # one each worker imports fsqr.scan itself while this process goes on reading files.
-    if "forkserver" in multiprocessing.get_all_start_methods():
+_Context = (
+    multiprocessing.context.ForkContext
+    | multiprocessing.context.ForkServerContext
+    | multiprocessing.context.SpawnContext
+)
+
+
+class ScanHelper:
+    """A scan's helper: a process that reads the chunks of paths it is sent and sends their
+    results back, in order, over one pipe. This process keeps count of what it has sent and
+    not yet had back."""
+
+    def __init__(self, context: _Context) -> None:
+        self.conn, child_end = context.Pipe()
+        self.process = context.Process(
+            target=_help, args=(child_end,), name="fsqr-scan", daemon=True
+        )
+        self.process.start()
+        child_end.close()
+        self.pending: deque[list[str] | None] = deque()  # None: a chunk read here meanwhile
+        self.answered = False  # whether it has sent anything yet, that is, has started
+
+    def send(self, chunk: list[str]) -> None:
+        self.pending.append(chunk)
+        with contextlib.suppress(OSError):  # it has died: `receive` finds out, and says so
+            self.conn.send(chunk)
+
+    def receive(self) -> list[Parsed | Skipped] | None:
+        """The results of its oldest chunk, or None when this process has read that one.
+        Raises EOFError or OSError when the helper has died."""
+        results: list[Parsed | Skipped] = self.conn.recv()
+        self.answered = True
+        return results if self.pending.popleft() is not None else None
+
+    def take_back(self) -> list[str] | None:
+        """The newest chunk it has not answered yet, to be read here instead."""
+        for i in range(len(self.pending) - 1, -1, -1):
+            chunk = self.pending[i]
+            if chunk is not None:
+                self.pending[i] = None
+                return chunk
+        return None
+
+    def unanswered(self) -> list[list[str]]:
+        """Every chunk it still holds, taken back: for a helper that died."""
+        chunks = [chunk for chunk in self.pending if chunk is not None]
+        self.pending.clear()
+        return chunks
+
+    def stop(self) -> None:
+        if self.conn.closed:
+            return
+        with contextlib.suppress(OSError):  # it may have died: nothing to tell then
+            self.conn.send(None)
+        self.conn.close()
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+def _help(conn: multiprocessing.connection.Connection) -> None:
+    """A helper process's life: chunks in, results out, until told to stop (None) or until the
+    scanning process is gone. Ctrl-C is the scanning process's to handle: it stops the helpers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        while (chunk := conn.recv()) is not None:
+            conn.send(_read_chunk(chunk))
+    except (EOFError, OSError):
+        pass
+
+
+def _helper_context() -> _Context:
+    # fork: a helper then starts in a millisecond with everything imported, where any other way
+    # costs it a new interpreter and pydicom's import (~0.4 s, as long as this process takes for
+    # 5,000 headers). Only from a process with one thread, though: forking one that runs others
+    # (a server's watcher, say) can copy a lock that another thread holds, and deadlock.
+    # And only on Linux: macOS's system libraries are not safe to use in a forked child.
+    # forkserver otherwise: helpers fork from a clean single-threaded process. Nothing is
+    # preloaded into it: each helper imports fsqr.scan itself while this process reads files.
+    methods = multiprocessing.get_all_start_methods()
+    if sys.platform == "linux" and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload([])
         return ctx
     return multiprocessing.get_context("spawn")
 
 
+def start_helpers(workers: int = 0, *, only_by_fork: bool = False) -> list[ScanHelper]:
+    """Start the helper processes of a scan, `workers` - 1 of them (0: one per core, less one
+    for this process), for `scan_files`, which stops them.
+
+    `only_by_fork`: none unless they can be forked (see `_helper_context`). For a caller that
+    is about to start threads and scan after (a server its watcher): forked now, the helpers
+    start in a millisecond; started later, in 0.4 s.
+    """
+    workers = workers or os.cpu_count() or 1
+    context = _helper_context()
+    if workers < 2 or (only_by_fork and context.get_start_method() != "fork"):
+        return []
+    return [ScanHelper(context) for _ in range(workers - 1)]
+
+
+def stop_helpers(helpers: list[ScanHelper]) -> None:
+    """Stop helpers from `start_helpers`; stopping one twice does nothing."""
+    for helper in helpers:
+        helper.stop()
+
+
 def scan_files(
     paths: list[str],
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    helpers: list[ScanHelper] | None = None,
 ) -> Iterator[Parsed | Skipped]:
     """Read the headers of `paths`, in parallel when there are many; results in any order.
 
-    `workers` 0 means one per CPU core, this process included: it reads a chunk itself whenever
-    no worker's result is waiting, so it works while the worker processes start, and it reads
-    the last chunks itself rather than wait for a worker that may still be starting (a worker's
-    answer for a chunk read here is dropped). `progress(done, total)` is called as chunks finish.
+    `workers` 0 means one per CPU core, this process included. This process reads a chunk
+    itself whenever no helper's results are waiting, so it works while the helpers start; once
+    no chunk is left to hand out, it reads the chunks a helper has not answered yet rather than
+    wait for one that may still be starting (the helper's answer for such a chunk is dropped).
+    A helper that dies leaves its chunks to the others. `helpers` from `start_helpers` are used
+    whatever the number of files, and stopped at the end; without them, the scan starts its own
+    for `_PARALLEL_THRESHOLD` files or more. `progress(done, total)` is called as chunks finish.
     """
     total = len(paths)
-    workers = workers or os.cpu_count() or 1
     chunks = deque(paths[i : i + _CHUNK] for i in range(0, total, _CHUNK))
-    pool = None
-    if total >= _PARALLEL_THRESHOLD and workers > 1:
-        pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=_pool_context())
-    sent: deque[tuple[Future[list[Parsed | Skipped]], list[str]]] = deque()
+    if helpers is None:
+        many = total >= _PARALLEL_THRESHOLD
+        helpers = start_helpers(workers) if many else []
+    by_conn = {helper.conn: helper for helper in helpers}
     done = 0
     try:
-        while chunks or sent:
-            while pool is not None and chunks and len(sent) < 2 * (workers - 1):
-                chunk = chunks.popleft()  # each worker has its next chunk waiting
-                sent.append((pool.submit(_read_chunk, chunk), chunk))
-            if sent and sent[0][0].done():
-                results = sent.popleft()[0].result()
+        for helper in helpers:
+            for _ in range(2):  # each helper has its next chunk waiting
+                if chunks:
+                    helper.send(chunks.popleft())
+        while chunks or any(h.pending for h in by_conn.values()):
+            ready = multiprocessing.connection.wait(list(by_conn), timeout=0)
+            if ready:
+                results = _receive(by_conn[ready[0]], by_conn, chunks)  # type: ignore[index]
             elif chunks:
                 results = _read_chunk(chunks.pop())
             else:
-                results = _read_chunk(sent.popleft()[1])
+                results = _read_taken_back(by_conn, chunks)
+            if results is None:
+                continue
             done += len(results)
             yield from results
             if progress:
                 progress(done, total)
     finally:
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        stop_helpers(helpers)
     if progress and not total:
         progress(0, 0)
+
+
+def _receive(
+    helper: ScanHelper, by_conn: dict[Any, ScanHelper], chunks: deque[list[str]]
+) -> list[Parsed | Skipped] | None:
+    """A helper's next answer, and its next chunk sent; a dead helper's chunks go back."""
+    try:
+        results = helper.receive()
+    except (EOFError, OSError):
+        log.warning("a scan helper process ended early; its files are read by the others")
+        del by_conn[helper.conn]
+        chunks.extend(helper.unanswered())
+        return None
+    if chunks:
+        helper.send(chunks.popleft())
+    return results
+
+
+def _read_taken_back(
+    by_conn: dict[Any, ScanHelper], chunks: deque[list[str]]
+) -> list[Parsed | Skipped] | None:
+    """With no chunk left to hand out: read here what a helper that has not started yet still
+    holds; once every helper has started, wait for the first answer instead."""
+    for helper in by_conn.values():
+        if not helper.answered:
+            chunk = helper.take_back()
+            if chunk is not None:
+                return _read_chunk(chunk)
+    ready = multiprocessing.connection.wait([c for c, h in by_conn.items() if h.pending])
+    return _receive(by_conn[ready[0]], by_conn, chunks)
 
 
 class HeaderCache:

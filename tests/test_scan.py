@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -137,3 +140,83 @@ def test_parallel_and_serial_scans_agree(tmp_path: Path, monkeypatch: pytest.Mon
     assert len(serial) == len(paths) == 1200
     assert parallel == serial
     assert 0 < len(read_here) < len(paths)
+
+
+def test_a_helper_that_dies_leaves_its_files_to_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths = [
+        str(p)
+        for p in write_tree(
+            tmp_path,
+            patients=1,
+            studies_per_patient=1,
+            series_per_study=2,
+            instances_per_series=400,
+        )
+    ]
+    helpers = scan.start_helpers(3)
+    helpers[0].process.kill()
+    helpers[0].process.join()
+    with caplog.at_level(logging.WARNING, logger="fsqr.scan"):
+        results = list(scan_files(paths, helpers=helpers))
+    assert sorted(r.instance.path for r in results if isinstance(r, Parsed)) == sorted(paths)
+    assert "ended early" in caplog.text
+    assert not any(helper.process.is_alive() for helper in helpers)
+
+
+def test_the_files_of_a_series_share_their_patient_study_and_series_records(
+    tmp_path: Path,
+) -> None:
+    """One object per patient, study and series however many files repeat it: for the memory of
+    a large index, and for the bytes a helper process sends."""
+    paths = [
+        str(p)
+        for p in write_tree(
+            tmp_path, patients=1, studies_per_patient=1, series_per_study=2, instances_per_series=3
+        )
+    ]
+    parsed = [r for r in scan_files(paths, workers=1) if isinstance(r, Parsed)]
+    assert len({id(r.patient) for r in parsed}) == 1
+    assert len({id(r.study) for r in parsed}) == 1
+    assert len({id(r.series) for r in parsed}) == 2
+    assert len({id(r.instance) for r in parsed}) == 6
+
+
+# Run in a process of its own: one that runs no other thread, as `fsqr serve` is when it starts.
+_STARTS_HELPERS_BEFORE_ANY_THREAD = """
+import sys, threading
+from pathlib import Path
+from fsqr import scan
+from fsqr.config import config_from_mapping
+from fsqr.server import Server
+
+started = []
+real_init = scan.ScanHelper.__init__
+def recording_init(self, context):
+    started.append((context.get_start_method(), threading.active_count()))
+    real_init(self, context)
+scan.ScanHelper.__init__ = recording_init
+
+root = sys.argv[1]
+config = config_from_mapping({"root": root, "host": "127.0.0.1", "port": 0, "scan_workers": 3})
+with Server(config) as server:
+    print(started, server.index.counts().instances)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="helpers are forked on Linux only")
+def test_a_server_forks_its_scan_helpers_before_its_threads_start(tmp_path: Path) -> None:
+    """Forked before the watcher's threads exist, the scan's helpers start at once; a helper
+    started later takes 0.4 s to import pydicom in a new interpreter."""
+    write_tree(
+        tmp_path, patients=1, studies_per_patient=1, series_per_study=1, instances_per_series=5
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _STARTS_HELPERS_BEFORE_ANY_THREAD, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.split() == ["[('fork',", "1),", "('fork',", "1)]", "5"]
