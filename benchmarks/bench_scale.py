@@ -50,7 +50,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from fsqr.header import records_from
+from fsqr.header import indexed_texts, records_from
 from fsqr.index import Index
 from fsqr.keys import KEY_BY_KEYWORD, Model
 from fsqr.query import find, parse_identifier
@@ -118,7 +118,7 @@ def synthetic_records(instances: int, first: int = 1, last: int | None = None) -
                     }
                     by_tag = {_tag(k): v for k, v in values.items()}
                     parsed = records_from(
-                        lambda tag, by_tag=by_tag: by_tag.get(tag, ""),  # type: ignore[misc]
+                        indexed_texts(lambda tag, by_tag=by_tag: by_tag.get(tag, "")),  # type: ignore[misc]
                         lambda: "",
                         path=f"{folder}/{i:04d}.dcm",
                         size=1234,

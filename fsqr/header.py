@@ -46,6 +46,7 @@ import struct
 import sys
 import warnings
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from pydicom import config as pydicom_config
@@ -158,7 +159,8 @@ def element_text(element: DataElement | None) -> str:
     return str(value).strip()
 
 
-_TAGS_OF_LEVEL = tuple(tuple(k.tag for k in indexed_keys(level)) for level in Level)
+# Each level's values, in one call: `itemgetter(*tags)(texts)` is the tuple of their texts.
+_VALUES_OF_LEVEL = tuple(itemgetter(*(k.tag for k in indexed_keys(level))) for level in Level)
 # What a file lacking a level's UID is skipped for, in the order it is checked (PATIENT: never).
 _NO_UID = tuple(f"no {indexed_keys(level)[0].keyword}" for level in Level)
 _SOP_CLASS_UID = 0x00080016
@@ -172,8 +174,17 @@ _Record = TypeVar("_Record", Patient, Study, Series)
 _RECENT_MAX = 4096
 
 
+def indexed_texts(text: Callable[[int], str]) -> dict[int, str]:
+    """What `records_from` takes: every indexed tag's value, from `text(tag)`, interned.
+
+    >>> indexed_texts(lambda tag: "MR" if tag == 0x00080060 else "")[0x00080060]
+    'MR'
+    """
+    return {tag: _intern(text(tag)) for tag in _NO_TEXTS}
+
+
 def records_from(
-    text: Callable[[int], str],
+    texts: dict[int, str],
     media_sop_class: Callable[[], str],
     *,
     path: str,
@@ -184,26 +195,25 @@ def records_from(
 ) -> Parsed | Skipped:
     """Split a header into the records of its four levels, or say which UID it lacks.
 
-    `text(tag)` gives an element's value as `element_text` would; `media_sop_class()` the File
-    Meta Information's Media Storage SOP Class UID, used when the data set has no SOP Class UID.
+    `texts` holds every indexed tag's value as `element_text` gives it, interned (a study's 500
+    instances then share one copy of each repeated string): as `indexed_texts` makes it.
+    `media_sop_class()` gives the File Meta Information's Media Storage SOP Class UID, used
+    when the data set has no SOP Class UID.
 
     >>> values = {0x0020000D: "1.2", 0x0020000E: "1.2.3", 0x00080018: "1.2.3.4"}
     >>> file = {"path": "/x.dcm", "size": 10, "mtime_ns": 0, "transfer_syntax": "1.2.840.10008.1.2"}
-    >>> parsed = records_from(lambda tag: values.get(tag, ""), lambda: "1.2.3.9", **file)
+    >>> parsed = records_from(indexed_texts(lambda t: values.get(t, "")), lambda: "1.2.3.9", **file)
     >>> parsed.series.study_uid, parsed.instance.sop_class_uid
     ('1.2', '1.2.3.9')
-    >>> records_from(lambda tag: "", lambda: "", **file).reason
+    >>> records_from(indexed_texts(lambda tag: ""), lambda: "", **file).reason
     'no StudyInstanceUID'
     """
-    # Interned: a study's 500 instances then share one copy of each repeated string. Each
-    # level's first value is its UID (`keys.indexed_keys`).
-    patient, study, series, image = (
-        tuple([_intern(text(tag)) for tag in tags]) for tags in _TAGS_OF_LEVEL
-    )
+    # Each level's first value is its UID (`keys.indexed_keys`).
+    patient, study, series, image = (values_of(texts) for values_of in _VALUES_OF_LEVEL)
     for level, values in enumerate((study, series, image), start=1):
         if not values[0]:
             return Skipped(path, _NO_UID[level])
-    sop_class = text(_SOP_CLASS_UID) or media_sop_class()
+    sop_class = texts[_SOP_CLASS_UID] or media_sop_class()
     if not sop_class:
         return Skipped(path, "no SOPClassUID")
     cut = path.rfind(os.sep) + 1
@@ -479,8 +489,8 @@ _CONVERTED_MAX = 16384
 def _value_text(
     tag: int, raw: _Raw, codec: str | None, charset: _Raw | None, implicit: bool
 ) -> str:
-    """One value as `element_text` gives it: by the converters above where they are sure, by
-    pydicom otherwise."""
+    """One value as `element_text` gives it, interned: by the converters above where they are
+    sure, by pydicom otherwise."""
     vr, value, _ = raw
     if not value:
         return ""  # PS3.5 7.1.1: a zero length is an empty value, whatever the VR
@@ -501,10 +511,10 @@ def _value_text(
             except UnicodeDecodeError:
                 text = None  # pydicom replaces what it cannot decode, and warns
     if text is None:
-        return _pydicom_text(tag, raw, charset, implicit)
+        return _intern(_pydicom_text(tag, raw, charset, implicit))
     if len(_CONVERTED) >= _CONVERTED_MAX:
         _CONVERTED.clear()
-    _CONVERTED[key] = text = sys.intern(text)
+    _CONVERTED[key] = text = _intern(text)
     return text
 
 
@@ -624,7 +634,7 @@ class _Header:
         self.pixel = pixel  # (offset of its element, VR or None, length)
 
 
-def _walk(f: _File, pos: int, implicit: bool) -> _Header | None:  # noqa: PLR0915 (one hot loop)
+def _walk(f: _File, pos: int, implicit: bool) -> _Header | None:
     """Walk the top-level elements from `pos` to the pixel data or the end of the file, keeping
     the raw values of the wanted ones. None when anything is not as PS3.5 7.1 and 7.5 say.
 
@@ -636,6 +646,7 @@ def _walk(f: _File, pos: int, implicit: bool) -> _Header | None:  # noqa: PLR091
     """
     found: dict[int, _Raw] = {}
     wanted, short_vrs, long_vrs, uint32 = _WANTED_SWAPPED, _SHORT_VR_CODES, _LONG_VR_CODES, _UINT32
+    vr_names, pixel_group, undefined = _VR_NAMES, _FIRST_PIXEL_GROUP, UNDEFINED_LENGTH
     unpack = _IMPLICIT_SWAPPED if implicit else _EXPLICIT_SWAPPED
     f.hold(pos, 12)  # from here on `off` only grows: never before the block held
     data, base = f.data, f.base
@@ -643,7 +654,6 @@ def _walk(f: _File, pos: int, implicit: bool) -> _Header | None:  # noqa: PLR091
     last = f.size - 8 - base  # pydicom too takes fewer than 8 bytes left for the data set's end
     off = pos - base
     vr: int | None = None
-    header = 8
     while off <= last:
         if off > held:
             f.hold(base + off, 12)
@@ -654,30 +664,28 @@ def _walk(f: _File, pos: int, implicit: bool) -> _Header | None:  # noqa: PLR091
             swapped, length = unpack(data, off)
         else:  # PS3.5 7.1.2: tag, VR, 16-bit length, value; or tag, VR, 0000, 32-bit length
             swapped, vr, length = unpack(data, off)
-            if vr in short_vrs:
-                header = 8
-            elif vr in long_vrs and off <= held:
-                length, header = uint32(data, off + 8)[0], 12
-            else:
-                return None  # unknown VR bytes, or the file ends inside the header
+            if vr not in short_vrs:
+                if vr not in long_vrs or off > held:
+                    return None  # unknown VR bytes, or the file ends inside the header
+                length = uint32(data, off + 8)[0]
+                off += 4  # from here on the element is taken as if its header were 8 bytes
         if swapped in wanted:
-            if length == UNDEFINED_LENGTH:
+            if length == undefined:
                 return None
-            start = off + header
-            if start + length <= len(data):
-                value = data[start : start + length]
-            else:
-                value = f.read(base + start, length)
-            found[wanted[swapped]] = (None if vr is None else _VR_NAMES[vr], value, base + start)
-        elif (swapped & 0xFFFF) >= _FIRST_PIXEL_GROUP or length == UNDEFINED_LENGTH:
+            start = off + 8
+            end = start + length
+            value = data[start:end] if end <= len(data) else f.read(base + start, length)
+            found[wanted[swapped]] = (None if vr is None else vr_names[vr], value, base + start)
+        elif (swapped & 0xFFFF) >= pixel_group or length == undefined:
             tag = (swapped & 0xFFFF) << 16 | swapped >> 16
-            vr_name = None if vr is None else _VR_NAMES[vr]
-            if tag in PIXEL_TAGS:
-                return _Header(found, (base + off, vr_name, length))  # pydicom stops here too
+            vr_name = None if vr is None else vr_names[vr]
+            if tag in PIXEL_TAGS:  # pydicom stops here too
+                element = off - 4 if vr in long_vrs else off
+                return _Header(found, (base + element, vr_name, length))
             if tag >> 16 == 0xFFFE:
                 return None  # an item tag out of place: pydicom reads those its own way
-            if length == UNDEFINED_LENGTH:
-                pos = base + off + header
+            if length == undefined:
+                pos = base + off + 8
                 if not _is_sequence(f, pos, tag, vr_name):
                     return None
                 pos = _skip_sequence(f, pos, implicit, 1)
@@ -688,7 +696,7 @@ def _walk(f: _File, pos: int, implicit: bool) -> _Header | None:  # noqa: PLR091
                 held = len(data) - 12
                 off = pos - base
                 continue
-        off += header + length
+        off += 8 + length
     if base + off > f.size:
         return None  # the last value runs past the end of the file
     return _Header(found, None)
@@ -825,8 +833,8 @@ def _read(f: _File, path: str, st: os.stat_result) -> Parsed | Skipped | None:
         vr, value, _ = raw
         text = converted.get((vr or _DICTIONARY_VR[tag], value, codec)) if value else ""
         texts[tag] = _value_text(tag, raw, codec, charset, implicit) if text is None else text
-    parsed = records_from(
-        texts.__getitem__,
+    parsed = records_from(  # each text is interned already: by `_value_text`, or ""
+        texts,
         lambda: uids.get(_MEDIA_STORAGE_SOP_CLASS, ""),
         path=path,
         size=f.size,

@@ -38,6 +38,7 @@ from fsqr.header import (
     MEDIA_STORAGE_DIRECTORY,
     NOT_DICOM,
     TRUNCATED,
+    indexed_texts,
     looks_like_raw_dataset,
     read_indexed,
     records_from,
@@ -174,7 +175,7 @@ def parsed_from_dataset(
 ) -> Parsed | Skipped:
     """Split a header into records; used by the scan and by C-STORE for what it just wrote."""
     return records_from(
-        lambda tag: element_text(ds.get(tag)),
+        indexed_texts(lambda tag: element_text(ds.get(tag))),
         lambda: str(ds.file_meta.get("MediaStorageSOPClassUID", "")),
         path=path,
         size=size,

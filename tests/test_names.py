@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
-from fsqr.header import records_from
+from fsqr.header import indexed_texts, records_from
 from fsqr.index import Index
 from fsqr.keys import KEY_BY_KEYWORD, Level, Model
 from fsqr.matching import match, person_name_terms
@@ -84,7 +84,7 @@ def parsed(patient: str, name: str, study: int, sop: int, folder: str = "t") -> 
     }
     by_tag = {KEY_BY_KEYWORD[k].tag: v for k, v in values.items()}
     result = records_from(
-        lambda tag: by_tag.get(tag, ""),
+        indexed_texts(lambda tag: by_tag.get(tag, "")),
         lambda: "",
         path=f"/{folder}/{patient}/{study}/{sop}.dcm",
         size=1,
