@@ -625,29 +625,37 @@ def _skip_item(f: _File, pos: int, implicit: bool, depth: int) -> int:
 
 
 class _Header:
-    """What the walk over a data set found: the wanted elements and where the pixel data is."""
+    """What the walk over a data set found: the indexed elements' texts, and where the pixel
+    data is."""
 
-    __slots__ = ("found", "pixel")
+    __slots__ = ("pixel", "texts")
 
-    def __init__(self, found: dict[int, _Raw], pixel: tuple[int, bytes | None, int] | None) -> None:
-        self.found = found
+    def __init__(self, texts: dict[int, str], pixel: tuple[int, bytes | None, int] | None) -> None:
+        self.texts = texts  # every indexed tag's, "" for those absent, interned
         self.pixel = pixel  # (offset of its element, VR or None, length)
 
 
-def _walk(f: _File, pos: int, implicit: bool) -> _Header | None:
-    """Walk the top-level elements from `pos` to the pixel data or the end of the file, keeping
-    the raw values of the wanted ones. None when anything is not as PS3.5 7.1 and 7.5 say.
+def _walk(f: _File, pos: int, implicit: bool) -> _Header | None:  # noqa: PLR0915 (one hot loop)
+    """Walk the top-level elements from `pos` to the pixel data or the end of the file, decoding
+    the indexed ones. None when anything is not as PS3.5 7.1 and 7.5 say.
 
     This loop runs some 60 times per file, so it is written for speed: offsets into the block
     held (`off`) rather than into the file; each element's tag read as one 32-bit number with
-    the element number in its high half (`_SWAPPED`), and its VR as a 16-bit number, so that
-    no bytes object is made for an element that is not wanted; the rare cases (pixel data,
-    undefined lengths, items out of place) behind one comparison.
+    the element number in its high half (`_WANTED_SWAPPED`), and its VR as a 16-bit number, so
+    that no bytes object is made for an element that is not wanted; a wanted value looked up
+    among those converted before (`_CONVERTED`) as soon as it is found; the rare cases (pixel
+    data, undefined lengths, items out of place) behind one comparison.
     """
-    found: dict[int, _Raw] = {}
+    texts = _NO_TEXTS.copy()
     wanted, short_vrs, long_vrs, uint32 = _WANTED_SWAPPED, _SHORT_VR_CODES, _LONG_VR_CODES, _UINT32
     vr_names, pixel_group, undefined = _VR_NAMES, _FIRST_PIXEL_GROUP, UNDEFINED_LENGTH
+    dictionary_vr, converted = _DICTIONARY_VR, _CONVERTED
     unpack = _IMPLICIT_SWAPPED if implicit else _EXPLICIT_SWAPPED
+    # PS3.5 6.1.2.5: the character set is the data set's first element that has one of its own
+    # (0008,0005), so elements in ascending order (PS3.5 7.1) meet it before any text.
+    charset: _Raw | None = None
+    codec = _codec_for(None, implicit)
+    decoded_any = False
     f.hold(pos, 12)  # from here on `off` only grows: never before the block held
     data, base = f.data, f.base
     held = len(data) - 12  # from offsets up to here, `data` holds a whole element header
@@ -675,18 +683,33 @@ def _walk(f: _File, pos: int, implicit: bool) -> _Header | None:
             start = off + 8
             end = start + length
             value = data[start:end] if end <= len(data) else f.read(base + start, length)
-            found[wanted[swapped]] = (None if vr is None else vr_names[vr], value, base + start)
+            tag = wanted[swapped]
+            vr_name = dictionary_vr[tag] if vr is None else vr_names[vr]
+            if tag == SPECIFIC_CHARACTER_SET:
+                if decoded_any:
+                    return None  # out of order: pydicom decodes what came before with it too
+                charset = (None if vr is None else vr_name, value, base + start)
+                codec = _codec_for(charset, implicit)
+            elif value:  # PS3.5 7.1.1: a zero length is an empty value, whatever the VR
+                decoded_any = True
+                text = converted.get((vr_name, value, codec))
+                if text is None:
+                    raw = (None if vr is None else vr_name, value, base + start)
+                    text = _value_text(tag, raw, codec, charset, implicit)
+                texts[tag] = text
+            else:
+                texts[tag] = ""  # as the value of a tag found twice (the last one counts)
         elif (swapped & 0xFFFF) >= pixel_group or length == undefined:
             tag = (swapped & 0xFFFF) << 16 | swapped >> 16
-            vr_name = None if vr is None else vr_names[vr]
+            found_vr = None if vr is None else vr_names[vr]
             if tag in PIXEL_TAGS:  # pydicom stops here too
                 element = off - 4 if vr in long_vrs else off
-                return _Header(found, (base + element, vr_name, length))
+                return _Header(texts, (base + element, found_vr, length))
             if tag >> 16 == 0xFFFE:
                 return None  # an item tag out of place: pydicom reads those its own way
             if length == undefined:
                 pos = base + off + 8
-                if not _is_sequence(f, pos, tag, vr_name):
+                if not _is_sequence(f, pos, tag, found_vr):
                     return None
                 pos = _skip_sequence(f, pos, implicit, 1)
                 if pos < 0:
@@ -699,7 +722,7 @@ def _walk(f: _File, pos: int, implicit: bool) -> _Header | None:
         off += 8 + length
     if base + off > f.size:
         return None  # the last value runs past the end of the file
-    return _Header(found, None)
+    return _Header(texts, None)
 
 
 def _meta(f: _File) -> tuple[int, dict[int, str]] | None:
@@ -824,17 +847,8 @@ def _read(f: _File, path: str, st: os.stat_result) -> Parsed | Skipped | None:
     if header.pixel is not None and not _is_complete(f, header.pixel, implicit):
         return Skipped(path, TRUNCATED)
 
-    found = header.found
-    charset = found.pop(SPECIFIC_CHARACTER_SET, None)
-    codec = _codec_for(charset, implicit)
-    texts = _NO_TEXTS.copy()
-    converted = _CONVERTED
-    for tag, raw in found.items():  # `_value_text`'s first steps, here: this runs 25 times a file
-        vr, value, _ = raw
-        text = converted.get((vr or _DICTIONARY_VR[tag], value, codec)) if value else ""
-        texts[tag] = _value_text(tag, raw, codec, charset, implicit) if text is None else text
     parsed = records_from(  # each text is interned already: by `_value_text`, or ""
-        texts,
+        header.texts,
         lambda: uids.get(_MEDIA_STORAGE_SOP_CLASS, ""),
         path=path,
         size=f.size,
