@@ -47,7 +47,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from operator import itemgetter
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydicom import config as pydicom_config
 from pydicom import hooks as pydicom_hooks
@@ -166,10 +166,13 @@ _NO_UID = tuple(f"no {indexed_keys(level)[0].keyword}" for level in Level)
 _SOP_CLASS_UID = 0x00080016
 _intern = sys.intern
 
-# The patient, study and series records of the files read lately, keyed by what makes them:
-# the files of a series repeat all three, and one shared object costs less to make and to keep.
-# Dict operations are atomic, so threads may share this; it is forgotten all at once when full.
-_RECENT: dict[tuple[object, ...], Patient | Study | Series] = {}
+# The patient, study and series records of the files read lately, by their values: the files of
+# a series repeat all three, and one shared object costs less to make and to keep. A study's
+# record also holds its patient's ID, and a series' its study's UID: those are checked on a hit.
+# Dict operations are atomic, so threads may share these; each is forgotten all at once when full.
+_RECENT_PATIENTS: dict[tuple[str, ...], Patient] = {}
+_RECENT_STUDIES: dict[tuple[str, ...], Study] = {}
+_RECENT_SERIES: dict[tuple[str, ...], Series] = {}
 _Record = TypeVar("_Record", Patient, Study, Series)
 _RECENT_MAX = 4096
 
@@ -210,18 +213,26 @@ def records_from(
     """
     # Each level's first value is its UID (`keys.indexed_keys`).
     patient, study, series, image = (values_of(texts) for values_of in _VALUES_OF_LEVEL)
-    for level, values in enumerate((study, series, image), start=1):
-        if not values[0]:
-            return Skipped(path, _NO_UID[level])
+    if not study[0] or not series[0] or not image[0]:
+        return Skipped(path, _NO_UID[1] if not study[0] else _NO_UID[2 if not series[0] else 3])
     sop_class = texts[_SOP_CLASS_UID] or media_sop_class()
     if not sop_class:
         return Skipped(path, "no SOPClassUID")
+    patient_record = _RECENT_PATIENTS.get(patient)
+    if patient_record is None:  # (its ID is its values' first)
+        patient_record = _remember(_RECENT_PATIENTS, patient, Patient(patient[0], patient))
+    study_record = _RECENT_STUDIES.get(study)
+    if study_record is None or study_record.patient_id != patient[0]:
+        study_record = _remember(_RECENT_STUDIES, study, Study(study[0], patient[0], study))
+    series_record = _RECENT_SERIES.get(series)
+    if series_record is None or series_record.study_uid != study[0]:
+        series_record = _remember(_RECENT_SERIES, series, Series(series[0], study[0], series))
     cut = path.rfind(os.sep) + 1
     return Parsed(
-        patient=_recent(Patient, patient[0], patient),
-        study=_recent(Study, study[0], patient[0], study),
-        series=_recent(Series, series[0], study[0], series),
-        instance=Instance.of_shared(
+        patient_record,
+        study_record,
+        series_record,
+        Instance.of_shared(
             image[0],
             series[0],
             _intern(sop_class),
@@ -234,15 +245,13 @@ def records_from(
     )
 
 
-def _recent(kind: type[_Record], *fields: Any) -> _Record:
-    """The record of `kind` with these fields: the one made lately, or a new one."""
-    key = (kind, *fields)
-    record = _RECENT.get(key)
-    if record is None:
-        if len(_RECENT) >= _RECENT_MAX:
-            _RECENT.clear()
-        record = _RECENT[key] = kind(*fields)
-    return record  # type: ignore[return-value]  # the key starts with its kind
+def _remember(
+    recent: dict[tuple[str, ...], _Record], values: tuple[str, ...], record: _Record
+) -> _Record:
+    if len(recent) >= _RECENT_MAX:
+        recent.clear()
+    recent[values] = record
+    return record
 
 
 def without_pixel_data(parsed: Parsed | Skipped, has_pixel_data: bool) -> Parsed | Skipped:
@@ -731,8 +740,10 @@ def _meta(f: _File) -> tuple[int, dict[int, str]] | None:
     UIDs as pydicom's values (UI, stripped), or None when pydicom might read it otherwise."""
     data, pos = f.data, 132
     uids: dict[int, str] = {}
-    while f.size - pos >= 8:
-        if pos + 12 > len(data) and len(data) < f.size:
+    whole = len(data) == f.size  # else the group must end 12 bytes before the block does
+    end_of_file = f.size - 8
+    while pos <= end_of_file:
+        if not whole and pos + 12 > len(data):
             return None  # the group goes on past the first block: pydicom reads such a file
         group, element, vr, length = _EXPLICIT(data, pos)
         if group != 0x0002:
@@ -747,18 +758,18 @@ def _meta(f: _File) -> tuple[int, dict[int, str]] | None:
         end = pos + header + length
         if length == UNDEFINED_LENGTH or end > len(data):
             return None
-        tag = group << 16 | element
-        if tag in (_MEDIA_STORAGE_SOP_CLASS, _TRANSFER_SYNTAX):
+        if element in _META_UIDS:
             if vr != b"UI":
                 return None
             value = data[pos + header : end].decode("latin-1").rstrip("\x00 ")
             if "\\" in value:
                 return None  # a multi-valued UID: pydicom's str() of a list is no UID
-            uids[tag] = value.strip()
+            uids[_META_UIDS[element]] = value.strip()
         pos = end
     return pos, uids
 
 
+_META_UIDS = {_MEDIA_STORAGE_SOP_CLASS & 0xFFFF: _MEDIA_STORAGE_SOP_CLASS, 0x0010: _TRANSFER_SYNTAX}
 _BINARY_SIZES = {b"AT": 4, b"FD": 8, b"FL": 4, b"SL": 4, b"SS": 2, b"SV": 8, b"UL": 4, b"US": 2}
 
 
