@@ -3,7 +3,7 @@ baseline measured in the same run.
 
     python benchmarks/bench_core.py            # 10,000 instances
     python benchmarks/bench_core.py --instances 2000 --repeats 3
-    python benchmarks/bench_core.py --instances 100000 --repeats 3 --scan-only
+    python benchmarks/bench_core.py --instances 100000 --repeats 3 --scan-only --tree /tmp/t100k
 
 1. Scan: fsqr's start-up scan (all cores) against a single-process pydicom loop,
    `dcmread(path, stop_before_pixels=True)`, over the same files with a warm page cache, the
@@ -217,18 +217,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scan-only", action="store_true", help="measure the scan only, not C-FIND"
     )
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        help="the files: written here unless it holds some already, and kept for next time",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fsqr-bench-") as tmp:
-        started = time.perf_counter()
-        paths = make_tree(Path(tmp), args.instances)
-        print(f"wrote {len(paths)} files in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        root = args.tree or Path(tmp)
+        paths = list(walk(root))
+        if not paths:
+            started = time.perf_counter()
+            paths = make_tree(root, args.instances)
+            seconds = time.perf_counter() - started
+            print(f"wrote {len(paths)} files in {seconds:.1f} s", file=sys.stderr)
         bench_scan(paths, args.repeats)
         if args.scan_only:
             return 0
         from fsqr.reactor import pynetdicom_keeps_its_responses  # noqa: PLC0415 - see FIND
 
         with pynetdicom_keeps_its_responses():  # no lost response for the client's own sake
-            bench_find(Path(tmp), args.repeats)
+            bench_find(root, args.repeats)
     return 0
 
 

@@ -537,7 +537,7 @@ class _File:
 
     def __init__(self, fd: int, size: int) -> None:
         self.fd, self.size, self.base = fd, size, 0
-        self.data = self.read(0, min(size, _BLOCK))
+        self.data = _read_at(fd, min(size, _BLOCK), 0)
 
     def read(self, pos: int, n: int) -> bytes:
         return _read_at(self.fd, n, pos)
@@ -843,7 +843,7 @@ def _read(f: _File, path: str, st: os.stat_result) -> Parsed | Skipped | None:
         transfer_syntax in PrivateTransferSyntaxes
     ):
         return None
-    head = f.bytes_at(pos, 6)
+    head = f.data[pos : pos + 6] if pos + 6 <= len(f.data) else f.bytes_at(pos, 6)
     if len(head) == 6:
         if head[:2] == b"\x00\x00":
             return None  # a command set (group 0000): pydicom reads it as Implicit VR
