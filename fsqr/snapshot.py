@@ -268,14 +268,16 @@ def _compare(root: Path, digest: str, held: dict[str, int]) -> Changes:
     for entry in walk_entries(root):
         path = entry.path
         stamp = take(path, None)
+        if stamp is None:  # new since the snapshot
+            to_read.append(path)
+            continue
         try:
-            unchanged = stamp is not None and stat_stamp(entry.stat()) == stamp
+            unchanged = stat_stamp(entry.stat()) == stamp
         except OSError:  # gone since the walk saw it: reading it says so
             unchanged = False
         if not unchanged:
             to_read.append(path)
-            if stamp is not None:
-                stale.append(path)
+            stale.append(path)
     stale.extend(held)  # not found by the walk: gone
     return Changes(digest, to_read, stale)
 
