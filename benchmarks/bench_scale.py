@@ -328,17 +328,22 @@ def bench_restart(sizes: list[int], repeats: int, tree: Path | None) -> None:
             root = file_tree(work, size)
             print(f"{size:,} files ready in {time.perf_counter() - started:.0f} s", file=sys.stderr)
             timed_start(root, None)  # warms the page cache, as every other run finds it
-            cold = [timed_start(root, None) for _ in range(repeats)]
             snapshot.unlink(missing_ok=True)
             timed_start(root, snapshot)  # the first start with a snapshot configured writes it
-            warm = [timed_start(root, snapshot) for _ in range(repeats)]
+            cold, warm = [], []
+            for _ in range(repeats):  # in turns: drift on a shared machine meets both alike
+                cold.append(timed_start(root, None))
+                warm.append(timed_start(root, snapshot))
             assert {n for *_, n in cold} == {n for *_, n in warm} == {size}
             rows.append((size, *_medians(cold), *_medians(warm)))
             print(
                 f"  snapshot of {size:,} files: {snapshot.stat().st_size / 2**20:.1f} MiB",
                 file=sys.stderr,
             )
-    print(f"Start-up until the port is bound, {os.cpu_count()} cores, median of {repeats}:")
+    print(
+        f"Start-up until the port is bound, {os.cpu_count()} cores, median of {repeats},"
+        " cold and warm in turns:"
+    )
     cold_title, warm_title = "cold (every file read)", "warm (snapshot, unchanged)"
     print(f"  {'files':>10} {cold_title:>26} {warm_title:>30} {'warm/cold':>10}")
     for size, cold_s, _, warm_s, _ in rows:
