@@ -255,8 +255,11 @@ class ScanHelper:
 
 def _help(conn: multiprocessing.connection.Connection) -> None:
     """A helper process's life: chunks in, results out, until told to stop (None) or until the
-    scanning process is gone. Ctrl-C is the scanning process's to handle: it stops the helpers."""
+    scanning process is gone. Ctrl-C is the scanning process's to handle: it stops the helpers.
+    A forked helper would otherwise run the handlers it inherited (`fsqr serve` logs a SIGTERM
+    and sets an event only its parent waits on): SIGTERM ends it, as it ends any process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         while (chunk := conn.recv()) is not None:
             conn.send(_read_chunk(chunk))
