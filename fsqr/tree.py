@@ -14,6 +14,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".fsqr-"  # files fsqr is still writing (storage.py); never indexed
+# ".wl" in any case, without lowering every name of the tree (a walk asks for each)
+_WORKLIST_SUFFIXES = (".wl", ".wL", ".Wl", ".WL")
 
 
 def is_candidate_name(name: str) -> bool:
@@ -25,7 +27,7 @@ def is_candidate_name(name: str) -> bool:
     >>> is_candidate_name("IMG0001.dcm")
     True
     """
-    return not name.startswith(TEMP_PREFIX) and not name.lower().endswith(".wl")
+    return not name.startswith(TEMP_PREFIX) and not name.endswith(_WORKLIST_SUFFIXES)
 
 
 def is_inside(path: str, root_real: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 
-from fsqr import scan
+from fsqr import scan, server
 from fsqr.records import Parsed, Skipped
 from fsqr.scan import read_header, scan_files
 from fsqr.synthetic import write_tree
@@ -220,3 +221,24 @@ def test_a_server_forks_its_scan_helpers_before_its_threads_start(tmp_path: Path
         check=True,
     )
     assert done.stdout.split() == ["[('fork',", "1),", "('fork',", "1)]", "5"]
+
+
+def test_what_the_start_up_makes_goes_straight_to_the_collectors_oldest_generation() -> None:
+    """Records made while the index is built all live on: walking them in a collection of the
+    youngest generation would find nothing to free (0.08 s at 100,000 files)."""
+    with server._collector_paused():
+        made = [[] for _ in range(5000)]  # more than a young collection's threshold
+    assert gc.isenabled()
+    oldest = {id(o) for o in gc.get_objects(generation=2)}
+    assert all(id(m) in oldest for m in made)
+
+
+def test_objects_frozen_by_other_code_stay_frozen_through_a_start_up() -> None:
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with server._collector_paused():
+            pass
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
