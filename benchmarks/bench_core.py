@@ -3,7 +3,7 @@ baseline measured in the same run.
 
     python benchmarks/bench_core.py            # 10,000 instances
     python benchmarks/bench_core.py --instances 2000 --repeats 3
-    python benchmarks/bench_core.py --instances 100000 --repeats 3 --scan-only --tree /tmp/t100k
+    python benchmarks/bench_core.py --instances 100000 --repeats 3 --scan-only --tree trees/100k
 
 1. Scan: fsqr's start-up scan (all cores) against a single-process pydicom loop,
    `dcmread(path, stop_before_pixels=True)`, over the same files with a warm page cache, the
