@@ -362,7 +362,8 @@ def _collector_paused() -> Iterator[None]:
     reading a snapshot back. And once the collector runs again, its next collection of the
     youngest generation would walk every record made meanwhile (0.08 s at 100,000 files):
     `gc.freeze()` then `gc.unfreeze()` moves them all to the oldest generation without looking
-    at them, unless other code has frozen objects of its own, which `unfreeze` would thaw.
+    at them, unless something has frozen objects of its own, which `unfreeze` would thaw
+    (other code, or Python 3.12 itself, which starts with a few hundred frozen).
     Reading headers with pydicom, the scan's fallback, leaves no cyclic garbage to collect
     meanwhile (none over pydicom's own test files)."""
     collecting = gc.isenabled()

@@ -96,10 +96,10 @@ def nested(depth: int) -> bytes:
     return (sequence + item) * depth + ends * depth
 
 
-def sequence_nested_200_deep(path: Path) -> Path:
+def sequence_nested_1000_deep(path: Path) -> Path:
     def insert(data: bytes) -> bytes:
         at = element_at(data, 0x00080008, b"CS")  # Image Type: the element after (0008,0006)
-        return data[:at] + nested(200) + data[at:]
+        return data[:at] + nested(1000) + data[at:]
 
     return edit(write_instance(hostile(5), path), insert)
 
@@ -157,7 +157,7 @@ CASES = [
     Case(garbage_character_set, ""),
     Case(invalid_utf8_in_a_name, ""),  # replacement characters in the name
     Case(a_10_mib_long_string, ""),
-    Case(sequence_nested_200_deep, "cannot be read: RecursionError"),
+    Case(sequence_nested_1000_deep, "cannot be read: RecursionError"),
     Case(an_item_longer_than_the_file, ""),  # a sequence not indexed: stepped over whole
     Case(cut_inside_a_sequence, "no StudyInstanceUID"),  # the UIDs come after it
     Case(a_us_value_3_bytes_long, "cannot be read: BytesLengthException"),
