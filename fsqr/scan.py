@@ -235,6 +235,10 @@ class ScanHelper:
                 return chunk
         return None
 
+    def owes(self) -> bool:
+        """Whether it holds a chunk that nobody else reads."""
+        return any(chunk is not None for chunk in self.pending)
+
     def unanswered(self) -> list[list[str]]:
         """Every chunk it still holds, taken back: for a helper that died."""
         chunks = [chunk for chunk in self.pending if chunk is not None]
@@ -244,6 +248,8 @@ class ScanHelper:
     def stop(self) -> None:
         if self.conn.closed:
             return
+        if self.pending:  # still reading what this process has read meanwhile: no use waiting
+            self.process.kill()
         with contextlib.suppress(OSError):  # it may have died: nothing to tell then
             self.conn.send(None)
         self.conn.close()
@@ -334,7 +340,7 @@ def scan_files(
             for _ in range(2):  # each helper has its next chunk waiting
                 if chunks:
                     helper.send(chunks.popleft())
-        while chunks or any(h.pending for h in by_conn.values()):
+        while chunks or any(h.owes() for h in by_conn.values()):
             ready = multiprocessing.connection.wait(list(by_conn), timeout=0)
             if ready:
                 results = _receive(by_conn[ready[0]], by_conn, chunks)  # type: ignore[index]
@@ -374,13 +380,14 @@ def _read_taken_back(
     by_conn: dict[Any, ScanHelper], chunks: deque[list[str]]
 ) -> list[Parsed | Skipped] | None:
     """With no chunk left to hand out: read here what a helper that has not started yet still
-    holds; once every helper has started, wait for the first answer instead."""
+    holds; once every helper has started, wait for the first answer instead (a helper that
+    owes nothing more is not waited for: it is stopped)."""
     for helper in by_conn.values():
         if not helper.answered:
             chunk = helper.take_back()
             if chunk is not None:
                 return _read_chunk(chunk)
-    ready = multiprocessing.connection.wait([c for c, h in by_conn.items() if h.pending])
+    ready = multiprocessing.connection.wait([c for c, h in by_conn.items() if h.owes()])
     return _receive(by_conn[ready[0]], by_conn, chunks)
 
 

@@ -245,3 +245,30 @@ def test_objects_frozen_by_other_code_stay_frozen_through_a_start_up() -> None:
         assert gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="helpers are forked on Linux only")
+@pytest.mark.timeout(60)
+def test_a_scan_does_not_wait_for_a_helper_to_read_what_it_has_read_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk taken back from a helper that has not answered yet is read here; the helper's
+    late answer is not waited for (a small tree's whole start-up would wait on it)."""
+    paths = [
+        str(p)
+        for p in write_tree(
+            tmp_path, patients=1, studies_per_patient=1, series_per_study=1, instances_per_series=5
+        )
+    ]
+    scanning = os.getpid()
+
+    def stuck_in_a_helper(path: str) -> Parsed | Skipped:
+        if os.getpid() != scanning:
+            time.sleep(600)  # a helper (forked: it has this patch) that never answers
+        return read_header(path)
+
+    monkeypatch.setattr(scan, "read_header", stuck_in_a_helper)
+    helpers = scan.start_helpers(2)
+    results = list(scan_files(paths, helpers=helpers))
+    assert sorted(r.instance.path for r in results if isinstance(r, Parsed)) == sorted(paths)
+    assert not any(helper.process.is_alive() for helper in helpers)
