@@ -54,11 +54,11 @@ from fsqr.records import Parsed, Skipped, stat_stamp
 
 log = logging.getLogger(__name__)
 
-# Below this many files the start-up scan reads them in this process alone: a worker process
-# takes about a quarter of a second to start and import pydicom, time in which this process
-# reads some 5,000 headers itself (header.py reads ~20,000 a second on one core).
+# Below this many files a scan given no helpers reads them in this process alone: a helper
+# that cannot be forked (see `_helper_context`) takes 0.3-0.4 s to start and import pydicom,
+# time in which this process reads some 5,000 headers itself.
 _PARALLEL_THRESHOLD = 5000
-_CHUNK = 200  # files per worker task: large enough to amortise pickling, small enough to balance
+_CHUNK = 200  # files per helper's task: enough to amortise pickling, few enough to balance
 
 
 class PixelProbe:
