@@ -117,12 +117,13 @@ def bare_scp(answers: dict[str, list[Dataset]], ready: Any) -> None:
     ae = AE(ae_title="BARE")
     ae.add_supported_context(FIND)
     ae.add_supported_context(VERIFICATION)
-    handlers = [
+    handlers: list[Any] = [
         (evt.EVT_C_FIND, on_find),
         (evt.EVT_C_ECHO, lambda event: 0),
         (evt.EVT_CONN_OPEN, nodelay),
     ]
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    assert server is not None  # block=False: it returns the server
     ready.send(server.server_address[1])
     ready.recv()  # block until told to stop
     server.shutdown()

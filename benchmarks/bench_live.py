@@ -224,7 +224,10 @@ def run_bare_scp(port: int) -> None:
     ae = AE(ae_title="BARE")
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
-    handlers = [(evt.EVT_CONN_OPEN, nodelay), (evt.EVT_C_STORE, lambda event: 0x0000)]
+    handlers: list[Any] = [
+        (evt.EVT_CONN_OPEN, nodelay),
+        (evt.EVT_C_STORE, lambda event: 0x0000),
+    ]
     ae.start_server(("127.0.0.1", port), evt_handlers=handlers)
 
 
@@ -278,9 +281,9 @@ def throughput(work: Path, instances: int, size: int, repeats: int, with_qrscp: 
     }
     for name, values in rates.items():
         if values:
-            rate = statistics.median(values)
+            median = statistics.median(values)
             print(
-                f"    {name:<15} {rate:8.0f} instances/s  {rate / best:6.1%} of storescp"
+                f"    {name:<15} {median:8.0f} instances/s  {median / best:6.1%} of storescp"
                 f"{notes.get(name, '')}"
             )
 

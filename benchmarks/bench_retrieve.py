@@ -294,9 +294,10 @@ def lossy_scp(ready: Any, every: int, hold: float, delay: float = 0.0) -> None:
     ae = AE(ae_title="LOSSY")
     ae.maximum_associations = 32
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ExplicitVRLittleEndian)
-    handlers = [(evt.EVT_C_STORE, on_store), (evt.EVT_CONN_OPEN, nodelay)]
+        ae.add_supported_context(str(context.abstract_syntax), ExplicitVRLittleEndian)
+    handlers: list[Any] = [(evt.EVT_C_STORE, on_store), (evt.EVT_CONN_OPEN, nodelay)]
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    assert server is not None  # block=False: it returns the server
     ready.send(server.server_address[1])
     ready.recv()  # until told to stop
     with lock:

@@ -82,10 +82,10 @@ def destination_process(ready: Any) -> None:
     ae = AE(ae_title="SOAKDEST")
     ae.maximum_associations = 200
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-    server = ae.start_server(
-        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
-    )
+        ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+    handlers: list[Any] = [(evt.EVT_C_STORE, on_store)]
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    assert server is not None and server.socket is not None  # block=False: it returns it
     # As fsqr does: pynetdicom's backlog of 5 would drop the SYNs of fsqr's sub-associations
     # when many moves start at once, and fsqr's connect would time out (timeouts.connect).
     server.socket.listen(socket.SOMAXCONN)
@@ -179,8 +179,8 @@ def client(port: int, until: float, seed: int, targets: dict[str, str], stats: S
     for context in (Verification, FIND, MOVE, GET):
         ae.add_requested_context(context)
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
-    roles = [build_role(CTImageStorage, scu_role=True, scp_role=True)]
-    handlers = [(evt.EVT_C_STORE, lambda event: 0)]  # C-GET's sub-operations
+    roles: list[Any] = [build_role(CTImageStorage, scu_role=True, scp_role=True)]
+    handlers: list[Any] = [(evt.EVT_C_STORE, lambda event: 0)]  # C-GET's sub-ops
     serial = 0
     while time.time() < until:
         started = time.perf_counter()
