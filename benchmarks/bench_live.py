@@ -54,6 +54,7 @@ from common import (
     listening,
     nodelay,
     percentile,
+    qrscp_can_run,
     qrscp_command,
 )
 from pydicom.dataset import Dataset
@@ -289,9 +290,7 @@ def throughput(work: Path, instances: int, size: int, repeats: int, with_qrscp: 
 
 
 def qrscp_available() -> bool:
-    try:
-        import sqlalchemy  # noqa: F401, PLC0415  (only to know whether qrscp can run)
-    except ImportError:
+    if not qrscp_can_run():
         print("  (qrscp left out: it needs sqlalchemy; pip install sqlalchemy)")
         return False
     return True

@@ -62,6 +62,7 @@ from common import (
     fsqr_serve,
     listening,
     nodelay,
+    qrscp_can_run,
     qrscp_command,
     wait_for_port,
 )
@@ -90,9 +91,7 @@ def storescp() -> Iterator[int]:
 def qrscp(files: Path, destination: int, work: Path) -> Iterator[int | None]:
     """pynetdicom's qrscp app with `files` imported into its database; yields its port, or
     None when it cannot run here (sqlalchemy missing)."""
-    try:
-        import sqlalchemy  # noqa: F401, PLC0415  (only to know whether qrscp can run)
-    except ImportError:
+    if not qrscp_can_run():
         print("  (qrscp skipped: it needs sqlalchemy; pip install sqlalchemy)")
         yield None
         return

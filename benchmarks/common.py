@@ -4,6 +4,7 @@ as `python benchmarks/bench_x.py`, so this folder is on the import path)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -29,6 +30,11 @@ def dcmtk(tool: str) -> str:
             if "dcmtk" in (out.stdout + out.stderr).lower():
                 return path
     raise SystemExit(f"DCMTK's {tool} is needed (Debian/Ubuntu: apt-get install dcmtk)")
+
+
+def qrscp_can_run() -> bool:
+    """Whether pynetdicom's qrscp app can run here: it needs sqlalchemy, which fsqr does not."""
+    return importlib.util.find_spec("sqlalchemy") is not None
 
 
 def free_port() -> int:
