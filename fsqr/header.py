@@ -499,16 +499,14 @@ def _value_text(
     tag: int, raw: _Raw, codec: str | None, charset: _Raw | None, implicit: bool
 ) -> str:
     """One value as `element_text` gives it, interned: by the converters above where they are
-    sure, by pydicom otherwise."""
+    sure, by pydicom otherwise. Kept in `_CONVERTED`, which the walk looks in first."""
     vr, value, _ = raw
     if not value:
         return ""  # PS3.5 7.1.1: a zero length is an empty value, whatever the VR
     if vr is None:
         vr = _DICTIONARY_VR[tag]
     key = (vr, value, codec)
-    text = _CONVERTED.get(key)
-    if text is not None:
-        return text
+    text = None
     fast = _FAST.get(vr)
     if fast is not None:
         convert, uses_charset = fast
