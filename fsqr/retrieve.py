@@ -1,6 +1,6 @@
 """C-MOVE and C-GET as a plan (PS3.4 C.4.2, C.4.3): which instances go, over which presentation
 contexts, as which bytes, counted how, and what the SCU is told at the end. No sockets and no
-pynetdicom: the associations themselves are a `Link` that `handlers.py` provides.
+pynetdicom: the associations themselves are a `Link` that `links.py` provides.
 
 The plan, in the order `run` follows it:
 
@@ -586,7 +586,7 @@ class Stored:
 
 
 class Link(Protocol):
-    """An association that C-STORE sub-operations go over (implemented in handlers.py)."""
+    """An association that C-STORE sub-operations go over (implemented in links.py)."""
 
     def transfer_syntaxes(self, sop_class_uid: str) -> tuple[str, ...]:
         """The transfer syntaxes the peer accepted for `sop_class_uid`, empty if none."""
@@ -606,7 +606,7 @@ class Unreachable(Exception):
 
 
 class Requestor(Protocol):
-    """The SCU that asked for the retrieve (implemented in handlers.py)."""
+    """The SCU that asked for the retrieve (implemented in links.py)."""
 
     def cancelled(self) -> bool: ...
 
@@ -827,7 +827,7 @@ def _send(instance: Instance, link: Link, transfer: _Transfer, *, may_retry: boo
     result = category(stored.status)
     reason = stored.comment
     if isinstance(outgoing.payload, FromFile) and not outgoing.payload.unchanged():
-        # The link sent the file as checked, or held it back (see handlers._StoreSender); either
+        # The link sent the file as checked, or held it back (see links.StoreSender); either
         # way it is not what the file is now: failed, and the index follows the file.
         result, reason = Category.FAILED, "the file changed while it was being sent"
         _index_as_now(instance.path, transfer.index)

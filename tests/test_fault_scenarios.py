@@ -30,7 +30,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from fsqr import handlers, retrieve, status, storage
+from fsqr import links, retrieve, status, storage
 from fsqr.records import Parsed
 from fsqr.scan import read_header
 from fsqr.server import Server
@@ -406,7 +406,7 @@ def cut_the_second_file_while_it_is_sent(
     monkeypatch.setattr(C_STORE_RQ, "encode_msg", cut_while_sending)
     # Stream every file, as one too large for a single PDU is: a small one is read whole, and
     # checked, before it is sent (see test_retrieve's data_set_bytes tests).
-    monkeypatch.setattr(handlers, "_room_in_one_pdu", lambda assoc, command: 0)
+    monkeypatch.setattr(links, "room_in_one_pdu", lambda assoc, command: 0)
     return cut
 
 

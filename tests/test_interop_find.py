@@ -25,7 +25,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from fsqr import handlers
+from fsqr import dimse
 from fsqr.index import SeriesView
 from fsqr.keys import Level
 from fsqr.server import Server
@@ -329,7 +329,7 @@ def _drain(assoc: Any) -> tuple[int, int]:
         return pending, code
 
 
-# -- pending responses, one PDU each (handlers.send_answers_in_one_pdu) -----------------------
+# -- pending responses, one PDU each (dimse.send_answers_in_one_pdu) -----------------------
 
 
 @pytest.mark.parametrize(
@@ -348,7 +348,7 @@ def test_the_pending_command_set_is_pynetdicoms_to_the_byte(
     message = C_FIND_RSP()
     message.primitive_to_message(primitive)
     expected = encode(message.command_set, True, True)
-    assert handlers.find_pending_command(sop_class, message_id, code) == expected
+    assert dimse.find_pending_command(sop_class, message_id, code) == expected
 
 
 def pdus_of_a_query(server: Server, max_pdu: int, **keys: Any) -> tuple[list[int], int]:

@@ -40,7 +40,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from fsqr import handlers, retrieve, status
+from fsqr import dimse, links, retrieve, status
 from fsqr.records import Parsed
 from fsqr.retrieve import _read_meta
 from fsqr.scan import read_header
@@ -485,7 +485,7 @@ def test_pending_responses_count_down_and_the_stores_name_the_originator(
     destination: Callable[..., Destination],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(handlers, "PENDING_INTERVAL", 0)  # a pending response after each
+    monkeypatch.setattr(links, "PENDING_INTERVAL", 0)  # a pending response after each
     dest = destination()
     server = start_server(sample.root, ae_table={"DEST": dest.entry()})
     study, uids = max(sample.studies().items(), key=lambda item: len(item[1]))
@@ -517,7 +517,7 @@ def test_pending_responses_come_at_most_once_per_interval_and_add_up(
     seconds = time.monotonic() - started
     assert last.Status == status.SUCCESS
     assert counts(last) == (None, 200, 0, 0)
-    assert 1 <= len(pending) <= 2 + seconds / handlers.PENDING_INTERVAL
+    assert 1 <= len(pending) <= 2 + seconds / links.PENDING_INTERVAL
     reported = [counts(rsp) for rsp, _ in pending]
     assert all(sum(c) == 200 for c in reported)  # remaining + completed + failed + warning
     assert reported == sorted(reported, key=lambda c: c[1])
@@ -598,7 +598,7 @@ def test_a_cancel_stops_the_transfer_within_one_instance(
     study, uids = max(sample.studies().items(), key=lambda item: len(item[1]))
     caplog.set_level(logging.INFO, logger="fsqr")
     seen = _Seen("C-CANCEL from")
-    logging.getLogger("fsqr.handlers").addHandler(seen)
+    logging.getLogger("fsqr.dimse").addHandler(seen)
     assoc = associate(server)
     try:
         responses = assoc.send_c_move(
@@ -612,7 +612,7 @@ def test_a_cancel_stops_the_transfer_within_one_instance(
         dest.gate.set()
         got = list(responses)
     finally:
-        logging.getLogger("fsqr.handlers").removeHandler(seen)
+        logging.getLogger("fsqr.dimse").removeHandler(seen)
         assoc.release()
     last, failed = final(got)
     assert last.Status == status.CANCEL
@@ -875,7 +875,7 @@ def get(
 def test_a_get_delivers_what_the_scu_offered_and_lists_the_rest_as_failed(
     sample: Sample, start_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(handlers, "PENDING_INTERVAL", 0)  # a pending response after each
+    monkeypatch.setattr(links, "PENDING_INTERVAL", 0)  # a pending response after each
     server = start_server(sample.root)
     study = sample.study_of(DeflatedExplicitVRLittleEndian)  # MR series and an OT key image
     uids = sample.studies()[study]
@@ -946,7 +946,7 @@ def test_a_get_of_many_small_instances(tmp_path: Path, start_server: Callable[..
     assert sorted(received) == sorted(sample.by_uid)
 
 
-# -- the pynetdicom internals fsqr relies on (handlers.py says which and why) -----------------
+# -- the pynetdicom internals fsqr relies on (links.py says which and why) -----------------
 
 
 def test_the_pynetdicom_internals_fsqr_relies_on_are_still_there() -> None:
@@ -959,7 +959,7 @@ def test_the_pynetdicom_internals_fsqr_relies_on_are_still_there() -> None:
     assert C_STORE()._dataset_path is None
 
 
-# -- small C-STOREs, one PDU each (handlers.store_request_command) ----------------------------
+# -- small C-STOREs, one PDU each (dimse.store_request_command) ----------------------------
 
 
 @pytest.mark.parametrize(
@@ -982,7 +982,7 @@ def test_the_store_command_set_is_pynetdicoms_to_the_byte(
     message = C_STORE_RQ()
     message.primitive_to_message(request)
     expected = encode(message.command_set, True, True)
-    made = handlers.store_request_command(
+    made = dimse.store_request_command(
         "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5", message_id, priority, originator
     )
     assert made == expected
@@ -1018,7 +1018,7 @@ def test_the_pending_retrieve_command_set_is_pynetdicoms_to_the_byte(primitive: 
     message.primitive_to_message(response)
     expected = encode(message.command_set, True, True)
     field = 0x8021 if primitive is C_MOVE else 0x8010
-    made = handlers.retrieve_pending_command(field, STUDY_MOVE, 513, (65535, 2, 1, 0))
+    made = dimse.retrieve_pending_command(field, STUDY_MOVE, 513, (65535, 2, 1, 0))
     assert made == expected
 
 
@@ -1037,8 +1037,8 @@ def test_a_store_response_is_read_as_pynetdicom_would(code: int, comment: str | 
         response.ErrorComment = comment
     message = C_STORE_RSP()
     message.primitive_to_message(response)
-    read = handlers.read_store_response(encode(message.command_set, True, True))
-    assert read == handlers.StoreResponse(4097, code, comment or "")
+    read = dimse.read_store_response(encode(message.command_set, True, True))
+    assert read == dimse.StoreResponse(4097, code, comment or "")
 
 
 def test_any_other_command_is_left_to_pynetdicom() -> None:
@@ -1051,7 +1051,7 @@ def test_any_other_command_is_left_to_pynetdicom() -> None:
     message = C_STORE_RQ()
     message.primitive_to_message(request)
     command = encode(message.command_set, True, True)
-    assert handlers.read_store_response(command) is None
-    pending = handlers.retrieve_pending_command(0x8021, STUDY_MOVE, 1, (1, 0, 0, 0))
-    assert handlers.read_store_response(pending) is None
-    assert handlers.read_store_response(pending[:-1]) is None  # cut short
+    assert dimse.read_store_response(command) is None
+    pending = dimse.retrieve_pending_command(0x8021, STUDY_MOVE, 1, (1, 0, 0, 0))
+    assert dimse.read_store_response(pending) is None
+    assert dimse.read_store_response(pending[:-1]) is None  # cut short

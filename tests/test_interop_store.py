@@ -31,7 +31,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from fsqr import handlers
+from fsqr import dimse
 from fsqr.server import Server
 from fsqr.synthetic import synthetic_uid, write_instance
 from fsqr.tree import TEMP_PREFIX
@@ -115,7 +115,7 @@ def test_the_c_store_response_command_is_pynetdicoms_to_the_byte(
     message = C_STORE_RSP()
     message.primitive_to_message(primitive)
     expected = encode(message.command_set, True, True)
-    assert handlers.store_response_command(CTImageStorage, sop_instance, message_id, code) == (
+    assert dimse.store_response_command(CTImageStorage, sop_instance, message_id, code) == (
         expected
     )
 
@@ -128,13 +128,13 @@ def test_a_stored_instance_is_answered_by_fsqrs_own_encoding_a_refusal_by_pynetd
 ) -> None:
     """Success goes the quick way; a status with an Error Comment is left to pynetdicom."""
     encoded: list[int] = []
-    encode_response = handlers.store_response_command
+    encode_response = dimse.store_response_command
 
     def counted(*args: Any) -> bytes:
         encoded.append(args[-1])
         return encode_response(*args)
 
-    monkeypatch.setattr(handlers, "store_response_command", counted)
+    monkeypatch.setattr(dimse, "store_response_command", counted)
     assert store(connect(start_server(root)), instance()).Status == 0x0000
     answer = store(connect(start_server(root, read_only=True)), instance(n=2))
     assert (answer.Status, "read-only" in answer.ErrorComment) == (0x0124, True)

@@ -815,7 +815,7 @@ def test_without_reopen_a_broken_link_fails_the_rest(
 def test_a_small_data_set_is_read_whole_only_from_the_file_that_was_checked(
     indexed: Callable[..., Instance], tmp_path: Path
 ) -> None:
-    """What goes in one PDU (handlers._StoreSender) is all of the file as checked, or nothing."""
+    """What goes in one PDU (links.StoreSender) is all of the file as checked, or nothing."""
     made = indexed("a.dcm")
     outgoing = prepare(made, (ELE,), index_of(indexed))
     whole = retrieve.data_set_bytes(outgoing)
