@@ -409,7 +409,7 @@ class Handlers:
 
     def take_retrieve_requests(self, event: Any) -> None:
         """EVT_CONN_OPEN: serve this association's C-MOVE and C-GET requests with fsqr's own
-        retrieve rather than pynetdicom's service class (why: see `Responder` above)."""
+        retrieve rather than pynetdicom's service class (why: see links.py)."""
         assoc = event.assoc
         if not assoc.is_acceptor:
             return
