@@ -793,8 +793,11 @@ class Handlers:
             yield failure(status.UNABLE_TO_PROCESS, comment), None
             return
         finally:
-            # The association ended while answers were still going (pynetdicom closed this).
-            self._find_done(find, None, "no answer: the association ended")
+            # pynetdicom closed this generator: the association ended while answers were still
+            # going, or it could not encode an answer (it then sends C312 itself, and logs why).
+            self._find_done(
+                find, None, "stopped by pynetdicom: the association ended or an answer failed"
+            )
 
     def _find_done(self, find: _FindProgress, code: int | None, comment: str = "") -> None:
         """Record and log a C-FIND, once, before its final response goes."""

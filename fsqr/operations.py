@@ -40,7 +40,7 @@ class Served:
     operation: str  # C-ECHO, C-FIND, C-MOVE, C-GET or C-STORE
     calling_ae: str  # the calling AE title of the association
     peer: str  # host:port the association came from
-    status: int | None  # the final status sent; None when none was (the association ended)
+    status: int | None  # the final status fsqr sent; None when it sent none (see the comment)
     started: str  # ISO 8601, UTC
     duration_ms: float
     model: str = ""  # Patient Root, Study Root, Modality Worklist; C-STORE: the SOP Class UID

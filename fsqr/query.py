@@ -12,6 +12,7 @@ import enum
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom import config
 from pydicom.dataelem import DataElement
@@ -400,9 +401,37 @@ def response(query: Query, view: View, ae_title: str, headers: HeaderCache) -> D
     return ds
 
 
+# The binary numeric VRs (PS3.5 6.2): held as text like every value, encoded as numbers.
+_NUMBER_OF_VR: dict[str, type[int] | type[float]] = {
+    "US": int,
+    "SS": int,
+    "UL": int,
+    "SL": int,
+    "UV": int,
+    "SV": int,
+    "FL": float,
+    "FD": float,
+}
+
+
 def _element(tag: int, vr: str, text: str) -> DataElement:
+    """An answer's element from the text the index holds (values separated by backslashes).
+
+    >>> _element(0x00280010, "US", "512").value, _element(0x00280010, "US", "").value
+    (512, None)
+    >>> list(_element(0x00280010, "US", "8\\8").value)
+    [8, 8]
+    """
+    value: Any = text or None
+    number = _NUMBER_OF_VR.get(vr)
+    if number is not None and text:
+        try:
+            numbers = [number(part) for part in text.split("\\")]
+        except ValueError:  # not what a file could hold as this VR: answered empty
+            numbers = []
+        value = numbers[0] if len(numbers) == 1 else (numbers or None)
     # Not validated again: the value is what a file holds, and an answer echoes it as stored.
-    return DataElement(tag, vr, text or None, validation_mode=config.IGNORE)
+    return DataElement(tag, vr, value, validation_mode=config.IGNORE)
 
 
 def _is_ascii(ds: Dataset) -> bool:

@@ -153,9 +153,34 @@ def test_findscu_patient_root_image_level(sample_server: Server, tmp_path: Path)
         "-k", f"StudyInstanceUID={study.StudyInstanceUID}",
         "-k", f"SeriesInstanceUID={series.SeriesInstanceUID}",
         "-k", "SOPInstanceUID", "-k", "InstanceNumber",
+        "-k", "Rows", "-k", "Columns", "-k", "BitsAllocated",
     )  # fmt: skip
     assert image.InstanceNumber == 1
     assert image.PatientID == "FSQR0004"  # unique keys of the levels above come back
+    served = sample_server.index.instance(image.SOPInstanceUID)
+    assert served is not None
+    file = dcmread(served.path, stop_before_pixels=True)
+    # US values, held as text in the index, go back as numbers
+    assert (image.Rows, image.Columns, image.BitsAllocated) == (
+        file.Rows,
+        file.Columns,
+        file.BitsAllocated,
+    )
+    (same,) = findscu(
+        sample_server, tmp_path / "r", "-P",
+        "-k", "QueryRetrieveLevel=IMAGE", "-k", "PatientID=FSQR0004",
+        "-k", f"StudyInstanceUID={study.StudyInstanceUID}",
+        "-k", f"SeriesInstanceUID={series.SeriesInstanceUID}",
+        "-k", "SOPInstanceUID", "-k", f"Rows={file.Rows}",
+    )  # fmt: skip
+    assert same.SOPInstanceUID == image.SOPInstanceUID
+    assert not findscu(
+        sample_server, tmp_path / "n", "-P",
+        "-k", "QueryRetrieveLevel=IMAGE", "-k", "PatientID=FSQR0004",
+        "-k", f"StudyInstanceUID={study.StudyInstanceUID}",
+        "-k", f"SeriesInstanceUID={series.SeriesInstanceUID}",
+        "-k", "SOPInstanceUID", "-k", f"Rows={file.Rows + 1}",
+    )  # fmt: skip
 
 
 @pytest.mark.dcmtk
