@@ -31,7 +31,7 @@ from fsqr.keys import (
 )
 from fsqr.matching import Matcher, is_universal, match, matcher, person_name_prefixes
 from fsqr.records import Instance, Patient, Series, Study
-from fsqr.scan import HeaderCache, element_text
+from fsqr.scan import HeaderCache, element_text, with_items_decoded
 
 # Return keys fsqr always fills in itself (PS3.4 C.4.1.1.3.2): never matched, never echoed.
 RETRIEVE_AE_TITLE = 0x00080054
@@ -382,7 +382,9 @@ def response(query: Query, view: View, ae_title: str, headers: HeaderCache) -> D
         if key.source is Source.FILE:
             header = headers.get(view.first_path)
             found = header.get(key.tag) if header is not None else None
-            ds.add(found if found is not None else _element(key.tag, key.vr, ""))
+            ds.add(
+                with_items_decoded(found) if found is not None else _element(key.tag, key.vr, "")
+            )
             continue
         ds.add(_element(key.tag, key.vr, _value_text(key, view, headers)))
     # PS3.4 C.4.1.2.1: the unique keys of the query level and the levels above always return.

@@ -21,6 +21,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import dcmread, read_partial
@@ -389,6 +390,18 @@ def _read_taken_back(
                 return _read_chunk(chunk)
     ready = multiprocessing.connection.wait([c for c, h in by_conn.items() if h.owes()])
     return _receive(by_conn[ready[0]], by_conn, chunks)
+
+
+def with_items_decoded(element: DataElement) -> DataElement:
+    """`element` from a file's header, every value in its sequence items (if any) decoded now,
+    in that file's character set. pydicom reads an Implicit VR file's items at once but leaves
+    their values encoded until each is first read, and writes a value never read as the file's
+    bytes: in an answer with its own Specific Character Set those would be garbled."""
+    if element.VR == "SQ":
+        for item in element.value:
+            for _ in item.iterall():  # reading each element decodes it
+                pass
+    return element
 
 
 class HeaderCache:

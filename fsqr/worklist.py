@@ -23,7 +23,7 @@ from pydicom.sequence import Sequence
 
 from fsqr.errors import InvalidIdentifier
 from fsqr.matching import match
-from fsqr.scan import element_text
+from fsqr.scan import element_text, with_items_decoded
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,9 @@ def match_dataset(keys: Dataset, stored: Dataset) -> Dataset | None:
 
 
 def _match_sequence(key: DataElement, found: DataElement | None) -> DataElement | None:
-    stored_items = list(found.value) if found is not None and found.VR == "SQ" else []
+    stored_items = (
+        list(with_items_decoded(found).value) if found is not None and found.VR == "SQ" else []
+    )
     if not key.value:
         return DataElement(key.tag, "SQ", Sequence(stored_items))
     wanted = key.value[0]

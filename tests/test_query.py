@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from fsqr.errors import InvalidIdentifier
 from fsqr.index import Index
@@ -283,6 +284,33 @@ def test_names_match_across_character_sets(
     (answer,) = find(charset_index, query, "FSQR", HeaderCache())
     assert str(answer.PatientName) == expected
     assert answer.SpecificCharacterSet == "ISO_IR 192"
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+def test_text_inside_a_sequence_goes_out_in_the_answers_character_set(
+    tmp_path: Path, syntax: str
+) -> None:
+    """A Latin-1 file's values answered under UTF-8, those in a sequence's items included,
+    however the keys fall: here a non-ASCII key (InstitutionName) comes before the sequence.
+    (pydicom reads an Implicit VR file's sequence items at once, their values still encoded.)"""
+    ds = instance(patient_id="LATIN1", specific_character_set="ISO_IR 100")
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.InstitutionName = "Clínica Ñ"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "T1", "99X", "Tórax ñandú"
+    ds.ProcedureCodeSequence = [code]
+    write_instance(ds, tmp_path / "latin1.dcm")
+    (answer,) = run(
+        index_of(tmp_path), QueryRetrieveLevel="STUDY", InstitutionName="", ProcedureCodeSequence=[]
+    )
+    assert answer.SpecificCharacterSet == "ISO_IR 192"
+    # As it travels: encoded in the character set it declares, decoded by the SCU.
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True
+    write_dataset(buffer, answer)
+    travelled = read_dataset(DicomBytesIO(buffer.getvalue()), True, True)
+    assert travelled.InstitutionName == "Clínica Ñ"
+    assert travelled.ProcedureCodeSequence[0].CodeMeaning == "Tórax ñandú"
 
 
 # -- at scale: keys matched on records first, counts only for what matches -------------------

@@ -13,6 +13,10 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from fsqr.errors import InvalidIdentifier
@@ -80,6 +84,32 @@ def test_patient_keys_match_too(folder: Path) -> None:
     ds.PatientName = "smith*"
     (answer,) = find_worklist(Worklist(folder), ds)
     assert answer.PatientID == "FSQR0006"
+
+
+def test_a_stored_sequence_goes_out_in_the_answers_character_set(tmp_path: Path) -> None:
+    """A Latin-1 item, Implicit VR (whose sequence items pydicom reads at once, their values
+    still encoded), answered under UTF-8: the items returned whole are decoded first."""
+    (path, *_) = write_worklist(tmp_path / "wl")
+    item = dcmread(path)
+    item.SpecificCharacterSet = "ISO_IR 100"
+    item.PatientName = "Müller^Jürgen"
+    item.ScheduledProcedureStepSequence[0].ScheduledProcedureStepDescription = "Tórax ñandú"
+    item.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    for other in (tmp_path / "wl").iterdir():
+        other.unlink()
+    item.save_as(path, enforce_file_format=True)
+    ds = Dataset()
+    ds.PatientName = ""
+    ds.ScheduledProcedureStepSequence = []  # no item: the stored sequence, whole
+    (answer,) = find_worklist(Worklist(tmp_path / "wl"), ds)
+    assert answer.SpecificCharacterSet == "ISO_IR 192"
+    buffer = DicomBytesIO()  # as it travels: encoded as it declares, decoded by the SCU
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True
+    write_dataset(buffer, answer)
+    travelled = read_dataset(DicomBytesIO(buffer.getvalue()), True, True)
+    assert travelled.PatientName == "Müller^Jürgen"
+    (step,) = travelled.ScheduledProcedureStepSequence
+    assert step.ScheduledProcedureStepDescription == "Tórax ñandú"
 
 
 def test_a_query_retrieve_identifier_is_refused(folder: Path) -> None:
