@@ -123,17 +123,29 @@ def _query_level(identifier: Dataset, model: Model) -> Level:
     return level
 
 
+# What pydicom only warns of while decoding a value, but that leaves it other than the SCU
+# meant: a character set it does not know, bytes that character set cannot decode.
+_UNDECODABLE = ("Unknown encoding", "Failed to decode", "cannot be used as code extension")
+
+
 def _decoded(identifier: Dataset, tag: int) -> DataElement:
+    """The identifier's element at `tag`, its value decoded; InvalidIdentifier (A900) when it
+    cannot be. A value that decodes but breaks its VR's rules (a UID component with a leading
+    zero, a value over the VR's length) is taken as sent, as the files that hold such values
+    are indexed as they are: archives are full of them, and DCMTK and Orthanc match them too.
+    """
+    where = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
     try:
-        with warnings.catch_warnings():
-            # An unknown character set only warns in pydicom; for a query it is an error.
-            warnings.simplefilter("error")
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
             element = identifier[tag]
             element_text(element)  # forces the value to decode
     except Exception as exc:
-        raise InvalidIdentifier(
-            f"cannot decode ({tag >> 16:04X},{tag & 0xFFFF:04X}): {exc}"
-        ) from None
+        raise InvalidIdentifier(f"cannot decode {where}: {exc}") from None
+    for warning in warned:
+        message = str(warning.message)
+        if any(problem in message for problem in _UNDECODABLE):
+            raise InvalidIdentifier(f"cannot decode {where}: {message}")
     return element
 
 

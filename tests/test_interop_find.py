@@ -5,13 +5,13 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom import dcmread
+from pydicom import config, dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.dimse_messages import C_FIND_RSP
@@ -29,8 +29,8 @@ from fsqr import dimse
 from fsqr.index import SeriesView
 from fsqr.keys import Level
 from fsqr.server import Server
-from fsqr.synthetic import write_tree
-from tests.conftest import dcmtk, server_config
+from fsqr.synthetic import write_instance, write_tree
+from tests.conftest import dcmtk, instance, server_config
 
 STUDY_ROOT = StudyRootQueryRetrieveInformationModelFind
 PATIENT_ROOT = PatientRootQueryRetrieveInformationModelFind
@@ -193,6 +193,42 @@ def test_findscu_missing_level_gets_a_failure(sample_server: Server, tmp_path: P
     assert "Final Find Response (Error: DataSetDoesNotMatchSOPClass)" in done.stderr + done.stdout
     # ... and the server is still there.
     assert run_dcmtk("echoscu", "127.0.0.1", str(sample_server.port)).returncode == 0
+
+
+LEGACY_STUDY = "1.2.840.0123.7"  # a component with a leading zero: not a valid UID (PS3.5 9.1)
+
+
+@pytest.mark.dcmtk
+def test_a_study_whose_uid_breaks_the_rules_is_queried_and_retrieved_by_it(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Archives hold such UIDs; fsqr indexes them as they are, and takes them in a query."""
+    with config.disable_value_validation():  # before the server starts: it validates as usual
+        ds = instance(patient_id="LEGACY", study_uid=LEGACY_STUDY)
+        write_instance(ds, tmp_path / "tree" / "legacy.dcm")
+    server = start_server(tmp_path / "tree")
+    (study,) = findscu(
+        server, tmp_path / "study", "-S",
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={LEGACY_STUDY}",
+        "-k", "PatientID", "-k", "NumberOfStudyRelatedInstances=*",
+    )  # fmt: skip
+    assert study.PatientID == "LEGACY"
+    (series,) = findscu(
+        server, tmp_path / "series", "-S",
+        "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={LEGACY_STUDY}",
+        "-k", "SeriesInstanceUID=*",
+    )  # fmt: skip
+    assert series.SeriesInstanceUID == ds.SeriesInstanceUID
+    out = tmp_path / "get"
+    out.mkdir()
+    done = run_dcmtk(
+        "getscu", "-S", "-aec", "FSQR", "-od", str(out),
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={LEGACY_STUDY}",
+        "127.0.0.1", str(server.port),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (received,) = out.iterdir()
+    assert dcmread(received).SOPInstanceUID == ds.SOPInstanceUID
 
 
 @pytest.fixture(scope="module")
