@@ -714,7 +714,7 @@ class Handlers:
         model = FIND_MODELS[str(event.request.AffectedSOPClassUID)]
         return self._answer_find(event, model.value, self._query_answers)
 
-    def _query_answers(self, event: Any) -> tuple[str, Iterator[Dataset]]:
+    def _query_answers(self, event: Any) -> tuple[str, Iterator[Dataset], int]:
         sop_class = str(event.request.AffectedSOPClassUID)
         relational = event.assoc.acceptor.sop_class_extended.get(sop_class, b"")[:1] == b"\1"
         query = parse_identifier(_identifier(event), FIND_MODELS[sop_class], relational=relational)
@@ -726,9 +726,14 @@ class Handlers:
                 query.level.value,
                 _explained_keys(_identifier(event)),
             )
-        return query.level.value, find(self.index, query, self.config.ae_title, self.headers)
+        answers = find(self.index, query, self.config.ae_title, self.headers)
+        unmatched = query.keys_not_matched()
+        if unmatched:  # PS3.4 C.4.1.1.4: each match then says so, FF01 rather than FF00
+            log.debug("C-FIND keys with a value fsqr does not match on: %s", unmatched)
+            return query.level.value, answers, status.PENDING_UNSUPPORTED_KEYS
+        return query.level.value, answers, status.PENDING
 
-    def _worklist_answers(self, event: Any) -> tuple[str, Iterator[Dataset]]:
+    def _worklist_answers(self, event: Any) -> tuple[str, Iterator[Dataset], int]:
         if self.worklist is None:
             log.warning(
                 "Modality Worklist query from %s refused: this is a Query/Retrieve server; "
@@ -736,14 +741,18 @@ class Handlers:
                 caller(event.assoc),
             )
             raise UnableToProcess("no worklist here: set worklist: in fsqr.yaml")
-        return "-", find_worklist(self.worklist, _identifier(event))
+        return "-", find_worklist(self.worklist, _identifier(event)), status.PENDING
 
     def _answer_find(
-        self, event: Any, model: str, answers: Callable[[Any], tuple[str, Iterator[Dataset]]]
+        self,
+        event: Any,
+        model: str,
+        answers: Callable[[Any], tuple[str, Iterator[Dataset], int]],
     ) -> Iterator[FindResponse]:
         """One pending response per match, then the final status; a C-CANCEL between any two
         answers ends it with FE00. pynetdicom sends 0000 Success by itself once this generator
-        ends without a final status of its own.
+        ends without a final status of its own. `answers` gives the query's level, its matches
+        and their pending status: FF00, or FF01 when a key was not matched on.
         """
         find = _FindProgress(event, model)
         cap = self.config.max_find_responses
@@ -754,7 +763,7 @@ class Handlers:
                 fault.pause()
                 fault.raise_status()
             tick = time.perf_counter()
-            find.level, results = answers(event)
+            find.level, results, pending = answers(event)
             find.busy += time.perf_counter() - tick
             while True:
                 keep_pace_with_the_network(event.assoc)
@@ -778,7 +787,7 @@ class Handlers:
                 if cap and find.matches >= cap:  # PS3.4 C.4.1.1.4: A700, Out of Resources
                     raise TooManyResponses(f"more than {cap} matches: narrow the query")
                 find.matches += 1
-                yield status.PENDING, answer
+                yield pending, answer
                 if fault is not None:
                     fault.step()
                     fault.pause()  # before the next response, whatever it is

@@ -70,6 +70,18 @@ class Query:
     keys: tuple[QueryKey, ...]
     relational: bool
 
+    def keys_not_matched(self) -> list[str]:
+        """The keys that ask for matching (a value other than universal) that this query cannot
+        do: a key of a level below the query's, a computed key of another level, a value inside
+        a sequence's item. PS3.4 C.4.1.1.4 has the SCP say so, FF01 in each pending response.
+        """
+        return [
+            key.keyword or f"({key.tag >> 16:04X},{key.tag & 0xFFFF:04X})"
+            for key in self.keys
+            if (key.vr == "SQ" and _items_hold_values(key.element))
+            or (key.source is Source.NONE and not is_universal(key.vr, key.pattern))
+        ]
+
     def narrowing(self) -> dict[Level, Sequence[str]]:
         """Unique-key values that let the index look entities up instead of scanning."""
         wanted: dict[Level, Sequence[str]] = {}
@@ -83,6 +95,15 @@ class Query:
                 continue  # a PatientID list is not a lookup the Standard defines
             wanted[key.table_level] = values
         return wanted
+
+
+def _items_hold_values(element: DataElement) -> bool:
+    """True if a sequence key's items hold any value to match (Specific Character Set aside)."""
+    return any(
+        e.VR != "SQ" and e.tag != SPECIFIC_CHARACTER_SET and element_text(e)
+        for item in element.value or ()
+        for e in item.iterall()
+    )
 
 
 def parse_identifier(identifier: Dataset, model: Model, *, relational: bool) -> Query:

@@ -280,6 +280,23 @@ def test_statuses_of_a_good_query(assoc: Any) -> None:
     assert len(answers) == 3
 
 
+def test_a_key_fsqr_does_not_match_on_makes_every_match_say_so(assoc: Any) -> None:
+    """PS3.4 C.4.1.1.4: FF01, Optional Keys not supported for matching, in each pending response
+    when a key asks for matching fsqr does not do; FF00 otherwise (an empty sequence key too)."""
+    plain = query(assoc, QueryRetrieveLevel="STUDY", PatientID="FSQR0002")
+    assert plain[0] == [0xFF00, 0x0000]
+    below = query(assoc, QueryRetrieveLevel="STUDY", PatientID="FSQR0002", Modality="MR")
+    assert below[0] == [0xFF01, 0x0000]  # a SERIES key at STUDY level is not matched
+    code = Dataset()
+    code.CodeValue = "NOSUCHCODE"
+    inside = query(
+        assoc, QueryRetrieveLevel="STUDY", PatientID="FSQR0002", ProcedureCodeSequence=[code]
+    )
+    assert inside[0] == [0xFF01, 0x0000]
+    empty = query(assoc, QueryRetrieveLevel="STUDY", PatientID="FSQR0002", ProcedureCodeSequence=[])
+    assert empty[0] == [0xFF00, 0x0000]
+
+
 @pytest.mark.parametrize(
     ("keys", "comment"),
     [

@@ -78,7 +78,10 @@ ALLOWED = {
     "__main__": {"cli"},
     "__init__": {"server", "config"},
 }
-ONLY_HERE = {"pynetdicom": {"handlers", "dimse", "links", "server", "reactor"}, "watchdog": {"watch"}}
+ONLY_HERE = {
+    "pynetdicom": {"handlers", "dimse", "links", "server", "reactor"},
+    "watchdog": {"watch"},
+}
 
 
 def imports_of(path: Path) -> set[str]:
