@@ -21,11 +21,14 @@ from fsqr.server import application_entity
 
 # What each operation may answer, by the name of its constant in status.py.
 STATUSES = {
-    "C-ECHO": ["SUCCESS"],
+    "C-ECHO": ["SUCCESS", "NOT_AUTHORIZED"],
     "C-FIND": [
         "PENDING",
+        "PENDING_UNSUPPORTED_KEYS",
         "SUCCESS",
         "CANCEL",
+        "NOT_AUTHORIZED",
+        "OUT_OF_RESOURCES",
         "IDENTIFIER_DOES_NOT_MATCH",
         "UNABLE_TO_PROCESS",
     ],
@@ -34,6 +37,7 @@ STATUSES = {
         "SUCCESS",
         "SUBOPS_WITH_FAILURES",
         "CANCEL",
+        "NOT_AUTHORIZED",
         "OUT_OF_RESOURCES_MATCHES",
         "OUT_OF_RESOURCES_SUBOPS",
         "MOVE_DESTINATION_UNKNOWN",
