@@ -454,7 +454,7 @@ def _element(tag: int, vr: str, text: str) -> DataElement:
 
     >>> _element(0x00280010, "US", "512").value, _element(0x00280010, "US", "").value
     (512, None)
-    >>> list(_element(0x00280010, "US", "8\\8").value)
+    >>> list(_element(0x00280010, "US", "8\\\\8").value)
     [8, 8]
     """
     value: Any = text or None
