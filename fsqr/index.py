@@ -125,6 +125,10 @@ class _SeriesNode:
 @dataclass(slots=True, eq=False)
 class _StudyNode:
     record: Study
+    # The patient as this study's latest file describes it: in the Study Root model patient
+    # attributes are attributes of the study (PS3.4 C.6.2.1.2), and two studies filed under one
+    # PatientID may well say different names. The patient's own node holds the latest of all.
+    patient: Patient
     series: dict[str, _SeriesNode] = field(default_factory=dict)
     instances: int = 0
 
@@ -295,8 +299,8 @@ class Index:
     def _parsed_of(self, instance: Instance) -> Parsed:
         """The records a served instance is linked under, to file it among the waiting copies."""
         series = self._series[instance.series_uid].record
-        study = self._studies[series.study_uid].record
-        return Parsed(self._patients[study.patient_id].record, study, series, instance)
+        study = self._studies[series.study_uid]
+        return Parsed(study.patient, study.record, series, instance)
 
     def _remove_path(self, path: str) -> Instance | None:
         instance = self._unfile(path)
@@ -325,7 +329,7 @@ class Index:
             # The very records its series was last filed with (the files of a snapshot or of a
             # scan's chunk share them): only the instance is new.
             its_study = self._studies[se.study_uid]
-            if its_study.record is st:
+            if its_study.record is st and its_study.patient is p:
                 its_patient = self._patients[st.patient_id]
                 if its_patient.record is p:
                     self._link_instance(parsed.instance, series, its_study, its_patient)
@@ -341,16 +345,18 @@ class Index:
             self._patients_made += 1
             self._names.add(p.patient_id, p.values[_NAME])
         elif patient.record.patient_id == p.patient_id:
-            if patient.record.values[_NAME] != p.values[_NAME]:
-                self._names.remove(p.patient_id, patient.record.values[_NAME])
-                self._names.add(p.patient_id, p.values[_NAME])
+            self._rename(p.patient_id, patient.record, p)
             patient.record = p
         if study is None:
-            study = self._studies[st.study_uid] = _StudyNode(st)
+            study = self._studies[st.study_uid] = _StudyNode(st, p)
             patient.studies[st.study_uid] = study
+            self._names.add(p.patient_id, p.values[_NAME])
         elif study.record.study_uid == st.study_uid:
             held = study.record.patient_id
             study.record = st if st.patient_id == held else replace(st, patient_id=held)
+            if p.patient_id == held:  # a file that disagrees on the patient does not rename it
+                self._rename(held, study.patient, p)
+                study.patient = p
         if series is None:
             series = self._series[se.series_uid] = _SeriesNode(se)
             study.series[se.series_uid] = series
@@ -358,6 +364,12 @@ class Index:
             held = series.record.study_uid
             series.record = se if se.study_uid == held else replace(se, study_uid=held)
         self._link_instance(parsed.instance, series, study, patient)
+
+    def _rename(self, patient_id: str, old: Patient, new: Patient) -> None:
+        """Keep the names index in step when a record of `patient_id` goes from `old` to `new`."""
+        if old.values[_NAME] != new.values[_NAME]:
+            self._names.remove(patient_id, old.values[_NAME])
+            self._names.add(patient_id, new.values[_NAME])
 
     def _link_instance(
         self, instance: Instance, series: _SeriesNode, study: _StudyNode, patient: _PatientNode
@@ -385,6 +397,7 @@ class Index:
         if not study.series:
             del self._studies[study.record.study_uid]
             del patient.studies[study.record.study_uid]
+            self._names.remove(patient.record.patient_id, study.patient.values[_NAME])
         if not patient.studies:
             del self._patients[patient.record.patient_id]
             self._names.remove(patient.record.patient_id, patient.record.values[_NAME])
@@ -455,6 +468,17 @@ class Index:
             found = [self._patients[k] for k in self._names.candidates(prefixes)]
             return [p.record.patient_id for p in sorted(found, key=lambda p: p.order)]
 
+    def study_patients(self, uids: dict[Level, Sequence[str]]) -> list[Patient]:
+        """The patient records the studies of the patients narrowed by `uids` answer with (each
+        study's own, `_StudyNode.patient`), each once: what patient keys are matched on below
+        the PATIENT level."""
+        with self._lock:
+            return [
+                record
+                for p in self._patients_of(uids.get(Level.PATIENT))
+                for record in {id(s.patient): s.patient for s in p.studies.values()}.values()
+            ]
+
     def entities(self, level: Level, uids: dict[Level, Sequence[str]]) -> list[Entity]:
         """The entities at `level` narrowed by `uids` (as in `candidates`), as records only.
 
@@ -476,7 +500,7 @@ class Index:
             return [Entity(level, p.record) for p in self._patients_of(patient_ids)]
         if level is Level.STUDY:
             return [
-                Entity(level, self._patients[s.record.patient_id].record, s.record)
+                Entity(level, s.patient, s.record)
                 for s in self._studies_of(patient_ids, study_uids)
             ]
         series_uids = uids.get(Level.SERIES)
@@ -485,8 +509,8 @@ class Index:
             return self._instances_of(patient_ids, study_uids, series_uids, wanted)
         found: list[Entity] = []
         for node in self._series_of(patient_ids, study_uids, series_uids):
-            study = self._studies[node.record.study_uid].record
-            patient = self._patients[study.patient_id].record
+            study_node = self._studies[node.record.study_uid]
+            study, patient = study_node.record, study_node.patient
             if level is Level.SERIES:
                 found.append(Entity(level, patient, study, node.record))
                 continue
@@ -548,9 +572,8 @@ class Index:
         found = []
         for i in instances:
             series = self._series[i.series_uid].record
-            study = self._studies[series.study_uid].record
-            patient = self._patients[study.patient_id].record
-            found.append(Entity(Level.IMAGE, patient, study, series, i))
+            study = self._studies[series.study_uid]
+            found.append(Entity(Level.IMAGE, study.patient, study.record, series, i))
         return found
 
     def _series_of(
@@ -582,7 +605,7 @@ class Index:
         sop_classes = {c for x in s.series.values() for c in x.sop_classes}
         patient = self._patients[s.record.patient_id]
         return StudyView(
-            patient=patient.record,
+            patient=s.patient,
             study=s.record,
             series=len(s.series),
             instances=s.instances,
@@ -597,7 +620,7 @@ class Index:
     def _series_view(self, s: _SeriesNode) -> SeriesView:
         study = self._studies[s.record.study_uid]
         return SeriesView(
-            patient=self._patients[study.record.patient_id].record,
+            patient=study.patient,
             study=study.record,
             series=s.record,
             instances=len(s.instances),

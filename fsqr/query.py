@@ -308,11 +308,17 @@ def _narrowed(index: Index, query: Query, tests: list[_RecordTest]) -> dict[Leve
         if not own or any(named.depth > level.depth for named in given):
             continue
         keyword = unique_key(level).keyword
-        narrowing[level] = [
-            _record(entity, level).get(keyword)
-            for entity in index.entities(level, narrowing)
-            if all(test(_record(entity, level).get(kw)) for kw, test in own)
-        ]
+        if level is Level.PATIENT:
+            # Below PATIENT each study answers with the patient its own files describe: a
+            # patient may match through any of its studies.
+            records: Sequence[Patient | Study | Series | Instance] = index.study_patients(narrowing)
+        else:
+            records = [_record(entity, level) for entity in index.entities(level, narrowing)]
+        narrowing[level] = list(
+            dict.fromkeys(
+                r.get(keyword) for r in records if all(test(r.get(kw)) for kw, test in own)
+            )
+        )
     return narrowing
 
 

@@ -242,6 +242,54 @@ def test_a_study_stays_with_the_patient_it_was_first_filed_under(
     assert index.counts() == Counts(0, 0, 0, 0, 0)
 
 
+def test_each_study_answers_with_the_patient_its_own_files_describe(
+    write: Callable[..., Path],
+) -> None:
+    """Two studies under one PatientID whose files disagree on the name (PS3.4 C.6.2.1.2: in
+    the Study Root model patient attributes belong to the study): each study, its series and
+    its instances answer with their own; the patient, with its latest file's."""
+    knee, chest = synthetic_uid("K", "st"), synthetic_uid("C", "st")
+    first = write(
+        "k.dcm",
+        patient_id="P",
+        patient_name="DOE^JANE",
+        study_uid=knee,
+        series_uid=synthetic_uid("K", 1),
+        n=1,
+    )
+    later = write(
+        "c.dcm",
+        patient_id="P",
+        patient_name="SMITH^JANE",
+        study_uid=chest,
+        series_uid=synthetic_uid("C", 1),
+        n=2,
+    )
+    index = Index()
+    index.add_many([parsed(first), parsed(later)])
+    named = {
+        v.study.study_uid: v.patient.get("PatientName")
+        for v in index.candidates(Level.STUDY, {})
+        if isinstance(v, StudyView)
+    }
+    assert named == {knee: "DOE^JANE", chest: "SMITH^JANE"}
+    for level in (Level.SERIES, Level.IMAGE):
+        names = {
+            (e.study.study_uid, e.patient.get("PatientName"))
+            for e in index.entities(level, {})
+            if e.study
+        }
+        assert names == set(named.items())
+    (patient,) = index.candidates(Level.PATIENT, {})
+    assert patient.patient.get("PatientName") == "SMITH^JANE"
+    assert index.patients_named(["doe^"]) == index.patients_named(["smith^"]) == ["P"]
+    index.remove_path(str(later))  # the chest study goes, and its name with it
+    (view,) = index.candidates(Level.STUDY, {})
+    assert view.patient.get("PatientName") == "DOE^JANE"
+    index.remove_path(str(first))
+    assert len(index._names) == 0
+
+
 def test_instances_share_their_folder_and_keep_their_path(write: Callable[..., Path]) -> None:
     one, two = write("f/one.dcm", n=1), write("f/two.dcm", n=2)
     index = Index()

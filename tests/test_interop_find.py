@@ -29,7 +29,7 @@ from fsqr import dimse
 from fsqr.index import SeriesView
 from fsqr.keys import Level
 from fsqr.server import Server
-from fsqr.synthetic import write_instance, write_tree
+from fsqr.synthetic import synthetic_uid, write_instance, write_tree
 from tests.conftest import dcmtk, instance, server_config
 
 STUDY_ROOT = StudyRootQueryRetrieveInformationModelFind
@@ -229,6 +229,36 @@ def test_a_study_whose_uid_breaks_the_rules_is_queried_and_retrieved_by_it(
     assert done.returncode == 0, done.stderr
     (received,) = out.iterdir()
     assert dcmread(received).SOPInstanceUID == ds.SOPInstanceUID
+
+
+@pytest.mark.dcmtk
+def test_two_studies_of_one_patient_id_are_found_by_their_own_patient_names(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Files that disagree on a patient's name (a drop folder of two sources, say): each study
+    is found by the name its own files hold, as in DCMTK's dcmqrscp (PS3.4 C.6.2.1.2)."""
+    for n, (name, study) in enumerate((("DOE^JANE", "knee"), ("SMITH^JANE", "chest"))):
+        ds = instance(
+            patient_id="SHARED",
+            patient_name=name,
+            study_uid=synthetic_uid(study),
+            series_uid=synthetic_uid(study, 1),
+            n=n,
+        )
+        write_instance(ds, tmp_path / "tree" / f"{study}.dcm")
+    server = start_server(tmp_path / "tree")
+    for name, study in (("DOE^JANE", "knee"), ("SMITH^JANE", "chest")):
+        (answer,) = findscu(
+            server, tmp_path / study, "-S",
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"PatientName={name}", "-k", "StudyInstanceUID",
+        )  # fmt: skip
+        assert (answer.StudyInstanceUID, answer.PatientName) == (synthetic_uid(study), name)
+    (patient,) = findscu(
+        server, tmp_path / "patient", "-P",
+        "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=SHARED", "-k", "PatientName",
+        "-k", "NumberOfPatientRelatedStudies",
+    )  # fmt: skip
+    assert patient.NumberOfPatientRelatedStudies == 2  # one patient, its latest file's name
 
 
 @pytest.fixture(scope="module")

@@ -125,8 +125,11 @@ def assert_lookup_is_exact(index: Index, patterns: list[str]) -> None:
                 level,
                 pattern,
             )
-    # Nothing is left behind of a name gone: every pair held is a patient's name's term.
-    patients = [e.patient for e in index.entities(Level.PATIENT, {})]
+    # Nothing is left behind of a name gone: every pair held is a term of a patient's name, as
+    # its patient holds it and as each of its studies does.
+    patients = [
+        e.patient for level in (Level.PATIENT, Level.STUDY) for e in index.entities(level, {})
+    ]
     terms = sum(len(person_name_terms(p.get("PatientName"))) for p in patients)
     assert len(index._names) == terms
 
@@ -135,14 +138,19 @@ def test_a_name_key_with_a_literal_start_is_looked_up(monkeypatch: pytest.Monkey
     index = Index()
     for n, name in enumerate(NAMES):
         index.add(parsed(f"P{n:02d}", name, 1, 1))
-    looked_up: list[Any] = []
-    entities = Index.entities
+    looked_up: list[Any] = []  # the patients each pass over the index is narrowed to
+    entities, study_patients = Index.entities, Index.study_patients
 
     def spy(self: Index, level: Level, uids: Any) -> Any:
         looked_up.append(uids.get(Level.PATIENT))
         return entities(self, level, uids)
 
+    def spy_patients(self: Index, uids: Any) -> Any:
+        looked_up.append(uids.get(Level.PATIENT))
+        return study_patients(self, uids)
+
     monkeypatch.setattr(Index, "entities", spy)
+    monkeypatch.setattr(Index, "study_patients", spy_patients)
     found = answers(index, "STUDY", "DOE^*")
     # Only the patients whose names may match are matched: those with a term that starts with
     # "doe^", and those with a bare "doe" that the matcher pads.

@@ -351,13 +351,18 @@ def test_a_unique_key_below_is_looked_up_rather_than_every_patient_matched(
 ) -> None:
     (some,) = run(index, QueryRetrieveLevel="STUDY", PatientName="DOE^JANE", StudyInstanceUID="")
     levels: list[Level] = []
-    entities = Index.entities
+    entities, study_patients = Index.entities, Index.study_patients
 
     def spy(self: Index, level: Level, uids: Any) -> Any:
         levels.append(level)
         return entities(self, level, uids)
 
+    def spy_patients(self: Index, uids: Any) -> Any:  # the patient records studies answer with
+        levels.append(Level.PATIENT)
+        return study_patients(self, uids)
+
     monkeypatch.setattr(Index, "entities", spy)
+    monkeypatch.setattr(Index, "study_patients", spy_patients)
     uid = some.StudyInstanceUID
     (found,) = run(index, QueryRetrieveLevel="STUDY", PatientName="DOE*", StudyInstanceUID=uid)
     assert found.StudyInstanceUID == uid
