@@ -36,11 +36,13 @@ def is_inside(path: str, root_real: str) -> bool:
 
 
 def walk(root: Path, boundary: Path | None = None) -> Iterator[str]:
-    """Every candidate file under `root`, following symlinks only while they stay inside it.
+    """Every candidate file under `root`, symbolic links left out.
 
-    A symlink that leads outside the root is not followed (the server serves its folder, not
-    the machine), and a folder reached twice (a symlink loop) is walked once. `boundary` is the
-    served root when `root` is only a folder below it (a rescan): links may lead anywhere in it.
+    A link is not followed, to a file or to a folder: what it leads to inside the served root
+    is served under its own path already (watched there, so a change to it is seen), and what
+    lies outside is not served (the server serves its folder, not the machine). `boundary` is
+    the served root when `root` is only a folder below it (a rescan); a `root` that is itself
+    a link below the boundary is not walked either.
     """
     for entry in walk_entries(root, boundary):
         yield entry.path
@@ -49,8 +51,10 @@ def walk(root: Path, boundary: Path | None = None) -> Iterator[str]:
 def walk_entries(root: Path, boundary: Path | None = None) -> Iterator[os.DirEntry[str]]:
     """`walk`, as the directory entries of the files: `entry.stat()` costs a little less than
     `os.stat(entry.path)` (snapshot.changes stats every file of the tree)."""
-    root_real = os.path.realpath(root if boundary is None else boundary)
-    seen_dirs: set[tuple[int, int]] = set()
+    if boundary is not None and os.path.islink(root):
+        log.debug("not following %s: a symbolic link", root)
+        return
+    seen_dirs: set[tuple[int, int]] = set()  # a folder mounted twice (bind mounts) is walked once
     stack = [str(root)]
     while stack:
         folder = stack.pop()
@@ -65,10 +69,9 @@ def walk_entries(root: Path, boundary: Path | None = None) -> Iterator[os.DirEnt
             continue
         for entry in sorted(entries, key=lambda e: e.name, reverse=True):
             try:
-                if entry.is_symlink() and not is_inside(os.path.realpath(entry.path), root_real):
-                    log.debug("not following %s: it leads outside the root", entry.path)
-                    continue
-                if entry.is_dir():
+                if entry.is_symlink():
+                    log.debug("not following %s: a symbolic link", entry.path)
+                elif entry.is_dir():
                     stack.append(entry.path)
                 elif entry.is_file() and is_candidate_name(entry.name):
                     yield entry

@@ -55,7 +55,7 @@ from fsqr.config import WatchMode
 from fsqr.index import Index
 from fsqr.records import Parsed, Skipped
 from fsqr.scan import read_header, scan_files
-from fsqr.tree import is_candidate_name, is_inside, walk
+from fsqr.tree import is_candidate_name, walk
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,6 @@ class Watcher:
         self.polling = mode == "polling"  # rescan every poll_interval (also once limits hit)
         self.rescans = 0  # rescans done, for logs and tests
         self._root = str(root)
-        self._root_real = os.path.realpath(root)
         self._queue: queue.SimpleQueue[Change | object] = queue.SimpleQueue()
         self._released = threading.Event()
         self._stopping = threading.Event()
@@ -418,8 +417,8 @@ class Watcher:
             self._read(path, whole=True, force=True)
         elif change.kind is Kind.WRITTEN:
             self._schedule(path, writing=self._closes_reported)
-        elif os.path.isdir(path):  # a symlink to a folder (a real folder is not a file event)
-            self.reconcile(path, settle=False, whole=True)
+        elif not self._allowed(path):  # a symbolic link, to a file or a folder: not followed
+            log.debug("not following %s: a symbolic link", path)
         else:
             self._schedule(path, writing=False, stamp=_stamp(path))
 
@@ -515,8 +514,9 @@ class Watcher:
     # -- reading -------------------------------------------------------------------------------
 
     def _allowed(self, path: str) -> bool:
-        """True unless `path` leads outside the root through a symlink (as the scan decides)."""
-        return is_inside(os.path.realpath(path), self._root_real)
+        """False for a symbolic link, which is not followed, as the scan decides (`tree.walk`):
+        the watched folders are real ones, so only the last part of a path can be a link."""
+        return not os.path.islink(path)
 
     def _read(self, path: str, *, whole: bool, force: bool = False) -> None:
         """Index `path` from its header. `whole`: it is known complete (closed, renamed), so a
@@ -534,7 +534,7 @@ class Watcher:
         if not force and self._reported.get(path) == stamp:
             return
         if not self._allowed(path):
-            log.debug("not indexing %s: it leads outside the root", path)
+            log.debug("not indexing %s: a symbolic link", path)
             return
         self._indexed(path, read_header(path), whole=whole, force=force)
 

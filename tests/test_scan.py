@@ -90,19 +90,21 @@ def test_a_dicomdir_is_skipped(tmp_path: Path) -> None:
     assert "DICOMDIR" in result.reason
 
 
-def test_walk_follows_symlinks_inside_the_root_only(tmp_path: Path) -> None:
+def test_walk_does_not_follow_symbolic_links(tmp_path: Path) -> None:
     root, outside = tmp_path / "root", tmp_path / "outside"
-    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir(parents=True)
     outside.mkdir()
-    (root / "a" / "f1").write_bytes(b"x")
+    (root / "b" / "f1").write_bytes(b"x")
     (outside / "secret").write_bytes(b"x")
-    (root / "a" / ".fsqr-123.tmp").write_bytes(b"x")  # a store still being written
+    (root / "b" / ".fsqr-123.tmp").write_bytes(b"x")  # a store still being written
     os.symlink(outside, root / "to-outside")
     os.symlink(outside / "secret", root / "secret-link")
-    os.symlink(root / "a", root / "alias")  # inside: followed
-    os.symlink(root, root / "a" / "loop")  # a loop: each folder walked once
+    os.symlink(root / "b", root / "a")  # inside, and sorted first: b is still walked as b
+    os.symlink(root / "b" / "f1", root / "f1-link")
+    os.symlink(root, root / "b" / "loop")
     found = sorted(Path(p).relative_to(root).as_posix() for p in walk(root))
-    assert found == ["a/f1"]
+    assert found == ["b/f1"]
+    assert list(walk(root / "a", boundary=root)) == []  # a rescan of a link: nothing
 
 
 def test_parallel_and_serial_scans_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from fsqr import watch
+from fsqr.keys import Level
 from fsqr.records import Parsed, Skipped
 from fsqr.scan import scan_files
 from fsqr.server import Server
@@ -149,20 +150,44 @@ def test_a_file_replaced_by_another_instance(live: Live) -> None:
     assert live.server.index.counts().files == 1
 
 
-def test_symlinks_are_followed_only_inside_the_root(live: Live) -> None:
+def test_symbolic_links_are_not_followed(live: Live) -> None:
+    """A link made while fsqr runs adds nothing: a file or folder inside the root is served
+    under its own path, and one outside (a folder link included) is not served at all."""
     os.rename(live.make("a/x.dcm", 1).parent, live.root / "a")
     assert wait_until(live.served_at(sop(1), live.root / "a" / "x.dcm"))
-    os.symlink(live.make("elsewhere.dcm", 2), live.root / "out.dcm")  # leads outside: ignored
-    os.symlink(live.root / "a" / "x.dcm", live.root / "in.dcm")  # a second path to instance 1
-    os.symlink(live.root / "a", live.root / "alias")  # a folder link inside the root
-    assert wait_until(lambda: live.server.index.counts().files == 3)
-    paths = set(live.server.index.paths())
-    assert {str(live.root / "in.dcm"), str(live.root / "alias" / "x.dcm")} <= paths
-    assert str(live.root / "out.dcm") not in paths  # as the start-up scan decides
+    elsewhere = live.make("elsewhere/y.dcm", 2).parent
+    os.symlink(elsewhere / "y.dcm", live.root / "out.dcm")
+    os.symlink(elsewhere, live.root / "out-folder")
+    os.symlink(live.root / "a" / "x.dcm", live.root / "in.dcm")
+    os.symlink(live.root / "a", live.root / "alias")
+    live.sync("after-links.dcm")  # every event before it has been handled
+    assert live.server.index.paths() == sorted(
+        [str(live.root / "a" / "x.dcm"), str(live.root / "after-links.dcm")]
+    )
     assert live.path_of(sop(2)) is None
-    os.unlink(live.root / "in.dcm")
-    os.unlink(live.root / "alias")
-    assert wait_until(lambda: live.server.index.paths() == [str(live.root / "a" / "x.dcm")])
+
+
+def test_a_folder_linked_before_the_start_is_served_and_watched_where_it_is(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """A link to a folder inside the root does not hide the folder: changes to its files are
+    seen (the link sorts first, and the walk used to index the files through it, unwatched)."""
+    root = tmp_path / "root"
+    real = write_instance(instance(n=1), root / "real" / "a.dcm")
+    os.symlink(root / "real", root / "link")
+    server = start_server(root)
+    assert server.index.paths() == [str(real)]
+    write_instance(instance(n=1, patient_name="DOE^CHANGED"), real)  # rewritten in place
+    assert wait_until(
+        lambda: (
+            server.index.instance_at(str(real)) is not None
+            and server.index.instance_at(str(real)).get("SOPInstanceUID") == sop(1)
+            and server.index.candidates(Level.PATIENT, {})[0].patient.get("PatientName")
+            == "DOE^CHANGED"
+        )
+    )
+    real.unlink()
+    assert wait_until(lambda: server.index.counts().files == 0)
 
 
 def test_a_slowly_written_file_is_served_only_once_complete(live: Live) -> None:
