@@ -226,7 +226,19 @@ def _dul_loop(dul: Any, wake_up: _WakeUp) -> None:
         except queue.Empty:
             _wait_for_work(dul, wake_up)
             continue
+        awaiting_request = dul.state_machine.current_state == "Sta2"  # no A-ASSOCIATE-RQ yet
+        if event == "Evt15" and awaiting_request:
+            # An A-ABORT asked for (the server stopping) before the peer sent anything: the
+            # state table (PS3.8 9.2) has no abort here, nothing being negotiated yet, and
+            # pynetdicom would raise. The connection is closed instead (Evt17, next turn).
+            dul.socket.close()
+            continue
         dul.state_machine.do_action(event)
+        if event == "Evt17" and awaiting_request:
+            # Closed before any request (a port check, a stop): pynetdicom tells the
+            # association thread nothing, and it would wait out its ACSE timeout for a request
+            # that cannot come. None is what that wait returns when it gives up.
+            dul.to_user_queue.put(None)
 
 
 def _wait_for_work(dul: Any, wake_up: _WakeUp) -> None:

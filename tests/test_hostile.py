@@ -323,3 +323,27 @@ def test_a_peer_that_stops_in_the_middle_of_a_pdu_is_cut_off(
         sock.sendall(b"\x01\x00\x00")  # three bytes of a six-byte PDU header, then silence
         assert sock.recv(1) == b""  # closed by fsqr, well before our 10 s
     assert echo_works(server)
+
+
+def test_a_connection_closed_before_any_request_frees_its_association_at_once(
+    sample_tree: Path, start_server: Callable[..., Server]
+) -> None:
+    """A port check (connect, close): pynetdicom alone kept the association's thread waiting
+    its ACSE timeout (30 s) for a request that could not come."""
+    server = start_server(sample_tree)
+    assert server._listener is not None
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10):
+        assert wait_until(lambda: len(server._listener.active_associations) == 1)
+    assert wait_until(lambda: not server._listener.active_associations, timeout=10)
+
+
+def test_stopping_with_a_silent_connection_open_ends_it_cleanly(sample_tree: Path) -> None:
+    """A peer connected but silent when the server stops: its connection is closed, and its
+    thread ends within the stop (an abort there made pynetdicom raise in the DUL thread)."""
+    server = Server(root=sample_tree).start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        assert wait_until(lambda: len(server._listener.active_associations) == 1)
+        (assoc,) = server._listener.active_associations
+        server.stop()
+        assert not assoc.is_alive() and not assoc.dul.is_alive()
+        assert sock.recv(1) == b""  # closed by fsqr
