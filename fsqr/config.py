@@ -213,6 +213,14 @@ def _layout(value: Any, at: _At) -> str:
         raise at.error(
             f"must contain {{SOPInstanceUID}}, so that each instance has its own file: {value!r}"
         )
+    # pydicom only here: the rest of the configuration is checked without it.
+    from pydicom.datadict import keyword_dict  # noqa: PLC0415
+
+    for name in names:
+        if name not in keyword_dict:  # a misspelt field would name every folder "_"
+            close = difflib.get_close_matches(name, keyword_dict, n=1)
+            hint = f" (did you mean {{{close[0]}}}?)" if close else ""
+            raise at.error(f"{{{name}}} is not a DICOM keyword{hint}: {value!r}")
     path = PurePosixPath(value.format_map({name: "x" for name in names}))
     if path.is_absolute() or ".." in path.parts or "\\" in value:
         raise at.error(f"must be a relative path inside the root, without '..': {value!r}")

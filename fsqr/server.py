@@ -103,6 +103,9 @@ class Server:
         root = self.config.root
         if not root.is_dir():
             raise FileNotFoundError(f"root folder {root} does not exist or is not a folder")
+        worklist = self.config.worklist
+        if worklist is not None and not worklist.is_dir():  # or every worklist query finds nothing
+            raise FileNotFoundError(f"worklist folder {worklist} does not exist or is not a folder")
         ssl_context = server_context(self.config.tls)  # before the scan: a bad key fails fast
         helpers = self._scan_helpers()  # before any thread starts: then they start at once
         stat_pass = self._stat_pass()  # loads the snapshot's stamps while the watcher starts

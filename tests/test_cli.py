@@ -153,6 +153,23 @@ def test_a_missing_root_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_a_missing_worklist_folder_exits_2(tmp_path: Path) -> None:
+    """As a missing root: every worklist query would otherwise find nothing, and say Success."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "fsqr.yaml").write_text("worklist: ./no-such-folder\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "fsqr", "serve", "data", "--port", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "worklist folder" in done.stderr and "does not exist" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_json_logs_are_one_object_per_line(serve: type[Running]) -> None:
     running = serve(str(SAMPLE_DATA), "--port", "0", "--host", "127.0.0.1", "--log-format", "json")
     port = running.wait_listening()

@@ -103,6 +103,10 @@ BAD = [
     ("storage: {layout: '{SOPInstanceUID'}", "storage.layout: is not a valid template"),
     ("storage: {layout: '{SOPInstanceUID.x}'}", "storage.layout: fields must be plain DICOM"),
     ("storage: {layout: '{SOPInstanceUID!r}'}", "storage.layout: fields must be plain DICOM"),
+    (
+        "storage: {layout: '{PatientId}/{SOPInstanceUID}'}",
+        "storage.layout: {PatientId} is not a DICOM keyword (did you mean {PatientID}?)",
+    ),
     ("access: {callers: some}", "access.callers: must be one of any, known; got 'some'"),
     ("access: {allow: find}", "access.allow: must be a list of echo, find, move, get, store"),
     ("access: {allow: [fnd]}", "access.allow: must be one of echo, find, move, get, store"),
