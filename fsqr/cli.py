@@ -40,7 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('fsqr')}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="index a folder and serve it over DICOM")
+    serve = commands.add_parser(
+        "serve",
+        help="index a folder and serve it over DICOM",
+        description="Index a folder and serve it over DICOM: C-ECHO, C-FIND, C-MOVE, C-GET and "
+        f"C-STORE. Settings come from ./{DEFAULT_CONFIG} when present (see the commented "
+        "example); the options below override it.",
+    )
     serve.add_argument("root", nargs="?", type=Path, help="folder to serve (overrides `root`)")
     serve.add_argument(
         "--config", type=Path, help=f"YAML config file (default: ./{DEFAULT_CONFIG} if present)"
@@ -64,7 +70,10 @@ def _parser() -> argparse.ArgumentParser:
         help="json: one JSON object per line, for log collectors",
     )
     ls = commands.add_parser(
-        "ls", help="show what a folder holds as fsqr would serve it, and lint it"
+        "ls",
+        help="show what a folder holds as fsqr would serve it, and lint it",
+        description="Show what a folder holds as fsqr would serve it (patients, studies, "
+        "series, the files it would skip and why), and lint it; exits 1 if it found a problem.",
     )
     ls.add_argument("root", nargs="?", type=Path, default=Path("."), help="folder to look at")
     ls.add_argument("--json", action="store_true", help="print JSON for scripts")

@@ -276,7 +276,8 @@ class Receiver:
         # pixel data) could not be served, so it is not stored either.
         parsed = without_pixel_data(parsed, has_pixel_data)
         if not isinstance(parsed, Parsed):
-            raise DataSetMismatch(f"cannot be stored: {parsed.reason}")
+            # A data set that arrived whole is not cut short: what is wrong is what it holds.
+            raise DataSetMismatch(f"cannot be stored: {parsed.reason.removeprefix('truncated: ')}")
         old = self.index.instance(uid)
         if old is not None and not os.path.exists(old.path):
             old = None  # the served file is gone; the watcher is about to say so

@@ -47,3 +47,16 @@ def test_stop_does_not_wait_for_the_accept_loop_to_look(
     assert not stopping.is_alive()
     with socket.socket() as probe:  # stopped: nothing listens there any more
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_port_taken_is_said_before_the_tree_is_read(tmp_path: Path) -> None:
+    """With a million files the scan takes some 20 s: a port already taken fails before it,
+    and the error names the address."""
+    write_sample_data(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        server = Server(root=tmp_path, port=port)
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}: "):
+            server.start()
+    assert server.index.counts().files == 0  # nothing was read
+    assert server.watcher is None
