@@ -108,6 +108,14 @@ def _explained_keys(identifier: Dataset) -> list[explain.Key]:
     return keys
 
 
+def _level_asked(event: Any) -> str:
+    """The QueryRetrieveLevel a request names, as its log line shows it; "" if none is read."""
+    try:
+        return str(_identifier(event).get("QueryRetrieveLevel", "") or "").strip().upper()
+    except Exception:  # not a decodable identifier: the request is refused for that, and says so
+        return ""
+
+
 def _explain_retrieve_request(event: Any, operation: str, model: str) -> None:
     try:
         identifier = _identifier(event)
@@ -526,7 +534,7 @@ class Handlers:
         model = models[sop_class]
         responder = Responder(event, self.cancels)
         fault = None
-        level = ""
+        level = _level_asked(event)  # for the log line, should the request be refused early
         tally = retrieve.Tally(0)
         code: int | None = None
         comment = ""

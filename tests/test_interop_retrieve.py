@@ -535,6 +535,8 @@ def test_an_unknown_destination_is_a801_and_no_association_is_opened(
     assert rsp.Status == status.MOVE_DESTINATION_UNKNOWN
     assert "ae_table" in rsp.ErrorComment
     assert dest.connections == 0
+    refused = server.operations[-1]  # recorded with the level asked for, though refused early
+    assert (refused.operation, refused.level, refused.status) == ("C-MOVE", "STUDY", 0xA801)
     last, _ = final(move(server, identifier("STUDY", StudyInstanceUID=study), "DEST  "))
     assert last.Status == status.SUCCESS  # trailing spaces are padding, not part of the title
 
