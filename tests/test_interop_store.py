@@ -120,19 +120,6 @@ def test_the_c_store_response_command_is_pynetdicoms_to_the_byte(
     )
 
 
-def test_an_image_without_its_pixel_data_is_refused_and_says_so(
-    root: Path, start_server: Callable[..., Server], connect: Callable[..., Any]
-) -> None:
-    """A900 (PS3.4 B.2.3), and no file: the scan would skip it, so it could never be served.
-    The comment names what is missing; the data set arrived whole, nothing was cut short."""
-    ds = instance()
-    del ds.PixelData
-    answer = store(connect(start_server(root)), ds)
-    assert answer.Status == 0xA900
-    assert answer.ErrorComment == "cannot be stored: an image without its pixel data"
-    assert dicom_files(root) == []
-
-
 def test_a_stored_instance_is_answered_by_fsqrs_own_encoding_a_refusal_by_pynetdicoms(
     root: Path,
     start_server: Callable[..., Server],
