@@ -139,26 +139,20 @@ def test_a_bad_config_exits_2_with_one_line(tmp_path: Path, config: str, expecte
     assert expected in lines[0]
 
 
-def test_a_missing_root_exits_2(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "fsqr", "serve", str(tmp_path / "nowhere"), "--port", "0"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2
-    assert "does not exist" in done.stderr
-    assert "Traceback" not in done.stderr
-
-
-def test_a_missing_worklist_folder_exits_2(tmp_path: Path) -> None:
-    """As a missing root: every worklist query would otherwise find nothing, and say Success."""
+@pytest.mark.parametrize(
+    ("root", "config", "expected"),
+    [
+        ("nowhere", "", "root folder"),
+        # As a missing root: every worklist query would otherwise find nothing, and say Success.
+        ("data", "worklist: ./no-such-folder\n", "worklist folder"),
+    ],
+    ids=["root", "worklist"],
+)
+def test_a_missing_folder_exits_2(tmp_path: Path, root: str, config: str, expected: str) -> None:
     (tmp_path / "data").mkdir()
-    (tmp_path / "fsqr.yaml").write_text("worklist: ./no-such-folder\n")
+    (tmp_path / "fsqr.yaml").write_text(config)
     done = subprocess.run(
-        [sys.executable, "-m", "fsqr", "serve", "data", "--port", "0"],
+        [sys.executable, "-m", "fsqr", "serve", root, "--port", "0"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -166,7 +160,7 @@ def test_a_missing_worklist_folder_exits_2(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 2
-    assert "worklist folder" in done.stderr and "does not exist" in done.stderr
+    assert expected in done.stderr and "does not exist" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -248,22 +248,10 @@ def test_each_study_answers_with_the_patient_its_own_files_describe(
     """Two studies under one PatientID whose files disagree on the name (PS3.4 C.6.2.1.2: in
     the Study Root model patient attributes belong to the study): each study, its series and
     its instances answer with their own; the patient, with its latest file's."""
-    knee, chest = synthetic_uid("K", "st"), synthetic_uid("C", "st")
-    first = write(
-        "k.dcm",
-        patient_id="P",
-        patient_name="DOE^JANE",
-        study_uid=knee,
-        series_uid=synthetic_uid("K", 1),
-        n=1,
-    )
-    later = write(
-        "c.dcm",
-        patient_id="P",
-        patient_name="SMITH^JANE",
-        study_uid=chest,
-        series_uid=synthetic_uid("C", 1),
-        n=2,
+    knee, chest = synthetic_uid("knee"), synthetic_uid("chest")
+    first, later = (
+        write(f"{n}.dcm", patient_id="P", patient_name=name, study_uid=uid, series_uid=uid, n=n)
+        for n, (name, uid) in enumerate((("DOE^JANE", knee), ("SMITH^JANE", chest)))
     )
     index = Index()
     index.add_many([parsed(first), parsed(later)])
