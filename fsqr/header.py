@@ -194,7 +194,7 @@ def records_from(
     size: int,
     mtime_ns: int,
     transfer_syntax: str,
-    inode: int = 0,
+    ctime_ns: int = 0,
 ) -> Parsed | Skipped:
     """Split a header into the records of its four levels, or say which UID it lacks.
 
@@ -239,7 +239,7 @@ def records_from(
             _intern(transfer_syntax),
             _intern(path[:cut]),
             _intern(path[cut:]),
-            file_stamp(size, mtime_ns, inode),
+            file_stamp(size, mtime_ns, ctime_ns),
             image,
         ),
     )
@@ -863,7 +863,7 @@ def _read(f: _File, path: str, st: os.stat_result) -> Parsed | Skipped | None:
         size=f.size,
         mtime_ns=st.st_mtime_ns,
         transfer_syntax=transfer_syntax,
-        inode=st.st_ino,
+        ctime_ns=st.st_ctime_ns,
     )
     return without_pixel_data(parsed, header.pixel is not None)
 

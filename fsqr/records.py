@@ -51,34 +51,35 @@ def _shared(text: str) -> str:
     return sys.intern(str(text))
 
 
-# A file's stamp, one int: mtime (ns) in the high bits, then the inode, then the size. Equal
-# stamps mean the same file, unchanged, as far as stat can tell: a file replaced by another of
-# the same size and mtime (a copy made with `cp -p`, a restore) has another inode. One int costs
-# no more than two here: Python allocates ints in 16-byte steps, and the inode's bits fit in the
-# step the size and mtime already take.
+# A file's stamp, one int: mtime (ns) in the high bits, then the ctime (ns), then the size.
+# Equal stamps mean the same file, unchanged, as far as stat can tell. The ctime is the
+# system's own: set on every write, replacement or chmod, and no tool can set it back, so a
+# file rewritten with its size and mtime kept (`cp -p` onto it, which keeps the inode too; a
+# restore) is still told apart. One int costs no more than two here: Python allocates ints in
+# 16-byte steps, and the ctime's bits fit in the step the size and mtime already take.
 _SIZE_BITS = 48
 _SIZE_MASK = (1 << _SIZE_BITS) - 1
-_INODE_BITS = 64
-_INODE_MASK = (1 << _INODE_BITS) - 1
+_CTIME_BITS = 64
+_CTIME_MASK = (1 << _CTIME_BITS) - 1
 
 
-def file_stamp(size: int, mtime_ns: int, inode: int) -> int:
-    """Size, mtime and inode as one int (see `Instance.stamp`); 0 means "not known".
+def file_stamp(size: int, mtime_ns: int, ctime_ns: int) -> int:
+    """Size, mtime and ctime as one int (see `Instance.stamp`); 0 means "not known".
 
     >>> mtime = 1_700_000_000_123_456_789
     >>> file_stamp(1234, mtime, 42) == file_stamp(1234, mtime, 43), file_stamp(0, 0, 0)
     (False, 0)
     """
     return (
-        (mtime_ns << (_SIZE_BITS + _INODE_BITS))
-        | ((inode & _INODE_MASK) << _SIZE_BITS)
+        (mtime_ns << (_SIZE_BITS + _CTIME_BITS))
+        | ((ctime_ns & _CTIME_MASK) << _SIZE_BITS)
         | (min(size, _SIZE_MASK))
     )
 
 
 def stat_stamp(st: os.stat_result) -> int:
     """The stamp of a file as `os.stat` or `os.fstat` describes it."""
-    return file_stamp(st.st_size, st.st_mtime_ns, st.st_ino)
+    return file_stamp(st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _fill(  # noqa: PLR0917 (every field of an Instance, in order)
@@ -112,8 +113,8 @@ class Instance:
     A million of these make up most of the index, so each is held lean. The path is held in two
     parts, `folder` (ending in the separator) and `name`, so that the files of a folder share one
     copy of the folder's path; `path` puts them together again, exactly as given. Size and
-    mtime and inode, which only ever serve together to tell whether a file changed, share one
-    integer, `stamp`; `size`, `mtime_ns` and `inode` take it apart.
+    mtime and ctime, which only ever serve together to tell whether a file changed, share one
+    integer, `stamp`; `size`, `mtime_ns` and `ctime_ns` take it apart.
 
     >>> from dataclasses import replace
     >>> i = Instance("1.9", "1.8", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2", "/d/a.dcm")
@@ -122,8 +123,8 @@ class Instance:
     >>> j = replace(i, size=1234, mtime_ns=-5)
     >>> (j.size, j.mtime_ns), (replace(j, size=7).size, replace(j, size=7).mtime_ns)
     ((1234, -5), (7, -5))
-    >>> k = replace(j, inode=99)
-    >>> k.size, k.mtime_ns, k.inode, replace(k, size=8).inode
+    >>> k = replace(j, ctime_ns=99)
+    >>> k.size, k.mtime_ns, k.ctime_ns, replace(k, size=8).ctime_ns
     (1234, -5, 99, 99)
     """
 
@@ -133,7 +134,7 @@ class Instance:
     transfer_syntax_uid: str
     folder: str  # the file's folder as found under the root, with its trailing separator
     name: str  # the file's name in that folder
-    stamp: int  # size, mtime (ns) and inode from stat at indexing time: see `file_stamp`
+    stamp: int  # size, mtime and ctime (ns) from stat at indexing time: see `file_stamp`
     values: tuple[str, ...]
 
     def __init__(  # noqa: PLR0917 (positional, as the plain dataclass it replaced)
@@ -150,7 +151,7 @@ class Instance:
         folder: str = "",
         name: str = "",
         stamp: int = 0,
-        inode: int | None = None,
+        ctime_ns: int | None = None,
     ) -> None:
         if path is not None:
             cut = path.rfind(os.sep) + 1
@@ -162,11 +163,11 @@ class Instance:
         # by the scan's worker processes keep this sharing through pickle, chunk by chunk.)
         series_uid, folder, name = _shared(series_uid), _shared(folder), _shared(name)
         sop_class_uid, transfer_syntax_uid = _shared(sop_class_uid), _shared(transfer_syntax_uid)
-        if size is not None or mtime_ns is not None or inode is not None:
+        if size is not None or mtime_ns is not None or ctime_ns is not None:
             size = stamp & _SIZE_MASK if size is None else size
-            mtime_ns = stamp >> (_SIZE_BITS + _INODE_BITS) if mtime_ns is None else mtime_ns
-            inode = (stamp >> _SIZE_BITS) & _INODE_MASK if inode is None else inode
-            stamp = file_stamp(size, mtime_ns, inode)
+            mtime_ns = stamp >> (_SIZE_BITS + _CTIME_BITS) if mtime_ns is None else mtime_ns
+            ctime_ns = (stamp >> _SIZE_BITS) & _CTIME_MASK if ctime_ns is None else ctime_ns
+            stamp = file_stamp(size, mtime_ns, ctime_ns)
         _fill(
             self,
             sop_instance_uid,
@@ -234,18 +235,18 @@ class Instance:
     @property
     def mtime_ns(self) -> int:
         """From stat at indexing time: a changed file no longer matches it."""
-        return self.stamp >> (_SIZE_BITS + _INODE_BITS)
+        return self.stamp >> (_SIZE_BITS + _CTIME_BITS)
 
     @property
-    def inode(self) -> int:
-        """From stat at indexing time (0 when not known): a replaced file has another."""
-        return (self.stamp >> _SIZE_BITS) & _INODE_MASK
+    def ctime_ns(self) -> int:
+        """From stat at indexing time (0 when not known): a file written since has another."""
+        return (self.stamp >> _SIZE_BITS) & _CTIME_MASK
 
     def get(self, keyword: str) -> str:
         return self.values[value_position(Level.IMAGE, keyword)]
 
-    def restamped(self, size: int, mtime_ns: int, inode: int) -> Instance:
-        """The same record, for its file at this size, mtime and inode (as stat gives them)."""
+    def restamped(self, size: int, mtime_ns: int, ctime_ns: int) -> Instance:
+        """The same record, for its file at this size, mtime and ctime (as stat gives them)."""
         return Instance(
             self.sop_instance_uid,
             self.series_uid,
@@ -257,7 +258,7 @@ class Instance:
             self.values,
             folder=self.folder,
             name=self.name,
-            inode=inode,
+            ctime_ns=ctime_ns,
         )
 
 

@@ -166,13 +166,13 @@ def _read_stated(path: str, st: os.stat_result) -> Parsed | Skipped:
         ):
             return Skipped(path, TRUNCATED)
     parsed = parsed_from_dataset(
-        ds, path, st.st_size, st.st_mtime_ns, transfer_syntax, inode=st.st_ino
+        ds, path, st.st_size, st.st_mtime_ns, transfer_syntax, ctime_ns=st.st_ctime_ns
     )
     return without_pixel_data(parsed, probe.length is not None)
 
 
 def parsed_from_dataset(
-    ds: Dataset, path: str, size: int, mtime_ns: int, transfer_syntax: str, *, inode: int = 0
+    ds: Dataset, path: str, size: int, mtime_ns: int, transfer_syntax: str, *, ctime_ns: int = 0
 ) -> Parsed | Skipped:
     """Split a header into records; used by the scan and by C-STORE for what it just wrote."""
     return records_from(
@@ -182,7 +182,7 @@ def parsed_from_dataset(
         size=size,
         mtime_ns=mtime_ns,
         transfer_syntax=transfer_syntax,
-        inode=inode,
+        ctime_ns=ctime_ns,
     )
 
 

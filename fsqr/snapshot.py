@@ -7,8 +7,9 @@ what may be taken from it. It reads no DICOM file, knows neither the index's loc
 and never writes into the served tree (config.py refuses a snapshot path inside the root).
 
 **Trusted by stat, nothing else.** A file is taken from the snapshot only when its size, mtime
-(ns) and inode are all what they were when it was read (`records.file_stamp`); the inode catches a
-file replaced by another of the same size and mtime. A changed or new file is read, a vanished
+and ctime (ns) are all what they were when it was read (`records.file_stamp`); the ctime, which
+no tool can set back, catches a file rewritten or replaced with its size and mtime kept (`cp -p`
+onto it keeps even the inode). A changed or new file is read, a vanished
 one is simply not found by the walk. A stale snapshot therefore costs only the reading of what
 changed since it was written, never a wrong answer; that is why it is written only after the
 start-up scan and on a clean stop, not periodically.
@@ -53,7 +54,7 @@ from fsqr.tree import walk_entries
 log = logging.getLogger(__name__)
 
 _MAGIC = "fsqr-index-snapshot"
-_FORMAT = 2  # raise when the body's layout changes
+_FORMAT = 3  # raise when the body's layout, or a stamp's meaning, changes
 
 
 def _fingerprint() -> str:
@@ -234,7 +235,7 @@ class Changes:
 def changes(source: Path, root: Path) -> Changes | None:
     """Walk `root` and stat every file against the stamps of the snapshot at `source`; None when
     that snapshot cannot be used (`read_snapshot` says why). A file is unchanged only when its
-    size, mtime and inode are all what they were (`records.file_stamp`)."""
+    size, mtime and ctime are all what they were (`records.file_stamp`)."""
     held = _stamps(source, root)
     return None if held is None else _compare(root, *held)
 

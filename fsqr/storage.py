@@ -287,7 +287,7 @@ class Receiver:
             return Stored("kept", old.path, uid)
 
         def index_it(st: os.stat_result) -> None:  # at once: a C-FIND may follow any moment
-            written = parsed.instance.restamped(st.st_size, st.st_mtime_ns, st.st_ino)
+            written = parsed.instance.restamped(st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             self.index.add(replace(parsed, instance=written), serve=True)
 
         try:

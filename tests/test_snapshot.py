@@ -101,12 +101,35 @@ def test_a_file_replaced_by_one_of_the_same_size_and_mtime_is_read_again(
     _snapshot_of(tree, target)
     original = tree / "study" / "3.dcm"
     # Another patient's name of the same length: same size; the mtime is set back as it was
-    # (`cp -p`, a restore from backup). Only the inode tells the two files apart.
+    # (a restore from backup). Only the ctime tells the two files apart.
     other = write("elsewhere.tmp", n=3, patient_name="DOE^JOHO")
     assert other.stat().st_size == original.stat().st_size
     st = original.stat()
     os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
     os.replace(other, original)
+    known, to_read = _split(tree, target)
+    assert to_read == [str(original)]
+    assert str(original) not in known
+
+
+def test_a_file_rewritten_in_place_with_its_size_and_mtime_kept_is_read_again(
+    write: Write, tree: Path, target: Path
+) -> None:
+    """`cp -p other original` onto an existing file: the same inode, size and mtime; only the
+    ctime has changed."""
+    _snapshot_of(tree, target)
+    original = tree / "study" / "3.dcm"
+    other = write("elsewhere.tmp", n=3, patient_name="DOE^JOHO")
+    before = original.stat()
+    original.write_bytes(other.read_bytes())  # in place: truncated and written, same inode
+    other.unlink()
+    os.utime(original, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = original.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
     known, to_read = _split(tree, target)
     assert to_read == [str(original)]
     assert str(original) not in known
