@@ -100,6 +100,10 @@ class Server:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> Server:
+        """Index the tree and listen; returns once the port is bound. A server stopped may be
+        started again: it reads the tree afresh, as a new one would."""
+        if self._listener is not None:
+            raise RuntimeError(f"{self.ae_title} is running already, on port {self.port}")
         root = self.config.root
         if not root.is_dir():
             raise FileNotFoundError(f"root folder {root} does not exist or is not a folder")
@@ -211,6 +215,8 @@ class Server:
 
     def _build_index(self, stat_pass: StatPass | None, helpers: list[ScanHelper]) -> None:
         started = time.perf_counter()
+        self.index.clear()  # a restart of this server: the tree may have changed meanwhile
+        self.skipped.clear()
         with _collector_paused():
             taken = None if stat_pass is None else self._from_snapshot(stat_pass)
             if taken is None:

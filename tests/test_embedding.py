@@ -60,3 +60,17 @@ def test_a_port_taken_is_said_before_the_tree_is_read(tmp_path: Path) -> None:
             server.start()
     assert server.index.counts().files == 0  # nothing was read
     assert server.watcher is None
+
+
+def test_a_server_started_again_reads_the_tree_afresh_and_runs_once(tmp_path: Path) -> None:
+    paths = write_sample_data(tmp_path)
+    server = Server(root=tmp_path)
+    server.start()
+    with pytest.raises(RuntimeError, match="running already"):
+        server.start()  # would have left a second listener behind
+    server.stop()
+    dicom = [p for p in paths if p.suffix == ".dcm"]
+    dicom[0].unlink()  # while stopped
+    with server:
+        assert server.index.counts().instances == 43
+        assert str(dicom[0]) not in server.index.paths()
