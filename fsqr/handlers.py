@@ -75,6 +75,7 @@ MAX_PDU_READ = 1 << 20
 _QR_MODELS = {**FIND_MODELS, **MOVE_MODELS, **GET_MODELS}
 
 FindResponse = tuple[int | Dataset, Dataset | None]
+WORKLIST = "Modality Worklist"  # the model a worklist C-FIND is logged under; it has no levels
 
 
 def failure(code: int, comment: str) -> Dataset:
@@ -236,7 +237,9 @@ class _FindProgress:
         self.event = event
         self.model = model
         self.started = Started.now()
-        self.level = ""  # "-" for Modality Worklist, which has no levels
+        # As asked for, should the request be refused before it is parsed; "-" for Modality
+        # Worklist, which has no levels.
+        self.level = "-" if model == WORKLIST else _level_asked(event)
         self.matches = 0
         self.busy = 0.0  # time spent in fsqr, not waiting for pynetdicom to send
         self.fault: faults.Fault | None = None
@@ -718,7 +721,7 @@ class Handlers:
     def on_find(self, event: Any) -> Iterator[FindResponse]:
         """C-FIND SCP: Query/Retrieve (PS3.4 C.4.1.2) or Modality Worklist (PS3.4 K.4.1.3)."""
         if str(event.request.AffectedSOPClassUID) == MODALITY_WORKLIST_FIND:
-            return self._answer_find(event, "Modality Worklist", self._worklist_answers)
+            return self._answer_find(event, WORKLIST, self._worklist_answers)
         model = FIND_MODELS[str(event.request.AffectedSOPClassUID)]
         return self._answer_find(event, model.value, self._query_answers)
 

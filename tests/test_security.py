@@ -172,6 +172,9 @@ def test_each_operation_is_refused_0124_unless_allowed(
     stranger = clients(server, "STRANGER")  # not in ae_table: access.allow
     assert stranger.send_c_echo().Status == status.SUCCESS
     assert final_status(stranger.send_c_find(study_query(), FIND)) == status.NOT_AUTHORIZED
+    # Each refusal is recorded with the level it asked for, though refused before parsing.
+    refused = [op for op in server.operations if op.status == status.NOT_AUTHORIZED]
+    assert {(op.operation, op.level) for op in refused} >= {("C-FIND", "STUDY"), ("C-GET", "STUDY")}
 
 
 def test_a_refusal_is_logged_with_the_peers_address(
