@@ -112,6 +112,10 @@ class Responder:
             return True  # the association is aborted once the retrieve has stopped
         return bool(assoc.is_aborted or assoc.acse.is_aborted() or not assoc.dul.is_alive())
 
+    def starting(self) -> None:
+        if self.fault is not None:  # counted as it starts: with several links sending at once,
+            self.fault.step()  # counting as each ends let more than abort_after through
+
     def pending(self, tally: retrieve.Tally) -> None:
         """Progress: a pending response, at most one per PENDING_INTERVAL."""
         self.counts = tally
@@ -533,7 +537,7 @@ class RequestorLink:
 
 class MisbehavingLink:
     """A `retrieve.Link` slowed down by a `faults:` rule: it waits `delay_ms` before each
-    sub-operation and counts them, for the rule's abort_after (fsqr/faults.py)."""
+    sub-operation (`Responder.starting` counts them, for the rule's abort_after)."""
 
     def __init__(self, link: retrieve.Link, fault: faults.Fault) -> None:
         self._link = link
@@ -547,9 +551,7 @@ class MisbehavingLink:
 
     def store(self, outgoing: retrieve.Outgoing) -> retrieve.Stored:
         self._fault.pause()
-        stored = self._link.store(outgoing)
-        self._fault.step()
-        return stored
+        return self._link.store(outgoing)
 
     def close(self) -> None:
         self._link.close()

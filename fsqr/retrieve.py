@@ -614,6 +614,12 @@ class Requestor(Protocol):
         """True when its association is aborted or closed: nobody is left to answer."""
         ...
 
+    def starting(self) -> None:
+        """One more sub-operation is handed to a link: said under the transfer's lock, right
+        after `gone` was asked, so that a limit on them (a test double's `abort_after`) holds
+        however many links send at once."""
+        ...
+
     def pending(self, tally: Tally) -> None: ...
 
 
@@ -675,6 +681,7 @@ class _Transfer:
                 self.ended = "cancelled"
             if self.ended is not None or not waiting:
                 return None
+            self.requestor.starting()
             return waiting.popleft()
 
     def count(

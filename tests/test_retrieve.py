@@ -579,6 +579,9 @@ class FakeRequestor:
     def gone(self) -> bool:
         return self.gone_after is not None and len(self.pendings) >= self.gone_after
 
+    def starting(self) -> None:
+        pass
+
     def pending(self, tally: Tally) -> None:
         self.pendings.append((tally.remaining, tally.completed, tally.failed, tally.warning))
 

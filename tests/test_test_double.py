@@ -194,7 +194,7 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     out.mkdir()
     port = free_port()
     process = subprocess.Popen(
-        [dcmtk("storescp"), "-od", str(out), str(port)],
+        [dcmtk("storescp"), "--fork", "-od", str(out), str(port)],  # associations at once
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -204,11 +204,14 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     process.wait(SECONDS)
 
 
+@pytest.mark.parametrize("associations", [1, 4])
 def test_movescu_sees_the_abort_after_two_and_only_two_files_arrive(
-    tree: Path, start_server: Callable[..., Server], storescp: tuple[int, Path]
+    tree: Path, start_server: Callable[..., Server], storescp: tuple[int, Path], associations: int
 ) -> None:
+    """Two, also when four sub-associations send at once (each sub-operation is counted as it
+    starts, not as it ends)."""
     port, out = storescp
-    peers = {"STORESCP": {"host": "127.0.0.1", "port": port}}
+    peers = {"STORESCP": {"host": "127.0.0.1", "port": port, "associations": associations}}
     server = start_server(tree, ae_table=peers, faults=[{"operation": "move", "abort_after": 2}])
     done = run_dcmtk(
         "movescu",
