@@ -109,6 +109,16 @@ def _explained_keys(identifier: Dataset) -> list[explain.Key]:
     return keys
 
 
+def _misbehave(fault: faults.Fault, responder: Responder) -> None:
+    """A `faults:` rule at work on a C-MOVE or C-GET: its status answered after its wait (the
+    one response), or else handed to `responder`, which counts the sub-operations for its
+    abort_after; `MisbehavingLink` waits before each."""
+    if fault.rule.status is not None:
+        fault.pause()
+        fault.raise_status()
+    responder.fault = fault
+
+
 def _level_asked(event: Any) -> str:
     """The QueryRetrieveLevel a request names, as its log line shows it; "" if none is read."""
     try:
@@ -548,9 +558,7 @@ class Handlers:
             self._authorize(event, "move" if models is MOVE_MODELS else "get")
             fault = self._fault(event, "move" if models is MOVE_MODELS else "get")
             if fault is not None:
-                fault.pause()
-                fault.raise_status()
-                responder.fault = fault
+                _misbehave(fault, responder)
             open_link = self._links(event, responder)
             if fault is not None:
                 open_link = misbehaving(open_link, fault)

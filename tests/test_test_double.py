@@ -27,6 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from fsqr import status
+from fsqr.faults import Fault
 from fsqr.server import Server
 from fsqr.synthetic import synthetic_uid
 from tests.conftest import dcmtk, instance
@@ -253,6 +254,23 @@ def test_a_get_aborted_after_one_sub_operation_delivers_one(
         received,
     )
     assert len(received) == 1
+
+
+def test_a_delayed_get_waits_before_each_sub_operation_only(
+    tree: Path,
+    start_server: Callable[..., Server],
+    clients: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As fsqr.yaml says: before each C-STORE sub-operation, not once more before them all."""
+    waits: list[float] = []
+    monkeypatch.setattr(Fault, "pause", lambda self: waits.append(self.rule.delay_ms))
+    server = start_server(tree, faults=[{"operation": "get", "delay_ms": 5}])
+    received: list[str] = []
+    responses = list(clients(server, received=received).send_c_get(series_identifier(), GET))
+    assert responses[-1][0].Status == status.SUCCESS
+    assert len(received) == INSTANCES
+    assert waits == [5] * INSTANCES
 
 
 def test_a_find_aborted_after_one_match_sends_one(
