@@ -9,6 +9,7 @@ with the A-ASSOCIATE-RJ fields of PS3.8 9.3.4 when it refuses; `allowed` decides
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import ssl
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fsqr.config import Config, Operation, Tls
+
+log = logging.getLogger(__name__)
 
 # PS3.8 9.3.4, A-ASSOCIATE-RJ PDU: Result, Source and Reason/Diag. fields.
 REJECTED_PERMANENT = 1
@@ -119,14 +122,26 @@ class _HandshakeInThreadContext(ssl.SSLContext):
 
 
 def server_context(tls: Tls) -> ssl.SSLContext | None:
-    """The context of the listening socket, or None when `tls` names no certificate."""
+    """The context of the listening socket, or None when `tls` names no certificate. Raises
+    OSError naming the file that cannot be loaded."""
     if tls.certificate is None or tls.key is None:
+        if tls.ca is not None:  # valid (it checks C-MOVE destinations), but easily misread
+            log.warning(
+                "tls.ca is set without certificate and key: fsqr listens without TLS, and "
+                "tls.ca only checks C-MOVE destinations with tls: true"
+            )
         return None
     context = _HandshakeInThreadContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195
-    context.load_cert_chain(tls.certificate, tls.key)
+    try:
+        context.load_cert_chain(tls.certificate, tls.key)
+    except OSError as exc:  # ssl.SSLError too
+        raise OSError(f"tls: cannot load {tls.certificate} with {tls.key}: {exc}") from exc
     if tls.ca is not None:  # mutual TLS: a caller must show a certificate we trust
-        context.load_verify_locations(cafile=tls.ca)
+        try:
+            context.load_verify_locations(cafile=tls.ca)
+        except OSError as exc:
+            raise OSError(f"tls: cannot load the CAs in {tls.ca}: {exc}") from exc
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 

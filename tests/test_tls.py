@@ -125,6 +125,31 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(
     assert echo(server, pki.client_context(with_certificate=True)) == status.SUCCESS
 
 
+def test_a_tls_file_that_cannot_be_loaded_is_named(sample_tree: Path, pki: Pki) -> None:
+    """Before the scan, in the one line `fsqr serve` prints: which file, not only why."""
+    missing = pki.server_cert.with_name("nowhere.crt")
+    server = Server(root=sample_tree, tls={"certificate": str(missing), "key": str(pki.server_key)})
+    with pytest.raises(OSError, match=f"tls: cannot load {missing} with {pki.server_key}"):
+        server.start()
+    server = Server(
+        root=sample_tree, tls={**tls_settings(pki, mutual=False)["tls"], "ca": str(missing)}
+    )
+    with pytest.raises(OSError, match=f"tls: cannot load the CAs in {missing}"):
+        server.start()
+    assert server.index.counts().files == 0
+
+
+def test_a_ca_without_a_certificate_warns_that_callers_are_not_checked(
+    sample_tree: Path,
+    start_server: Callable[..., Server],
+    pki: Pki,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Valid (tls.ca then checks C-MOVE destinations only), but easily taken for mutual TLS."""
+    start_server(sample_tree, tls={"ca": str(pki.ca)})
+    assert "fsqr listens without TLS" in caplog.text
+
+
 def test_a_silent_connection_does_not_hold_up_other_tls_callers(
     sample_tree: Path, start_server: Callable[..., Server], pki: Pki
 ) -> None:
