@@ -88,6 +88,7 @@ def _config(args: argparse.Namespace) -> Config:
     log_level = "debug" if args.verbose else "warning" if args.quiet else None
     return with_overrides(
         config,
+        f"{path or 'the defaults'} and the command line",  # what an error names
         root=args.root,
         host=args.host,
         port=args.port,

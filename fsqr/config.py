@@ -608,8 +608,9 @@ def _checked_together(config: Config, at: _At) -> Config:
     return config
 
 
-def with_overrides(config: Config, **overrides: Any) -> Config:
+def with_overrides(config: Config, source: str = "<arguments>", **overrides: Any) -> Config:
     """`config` with the keys in `overrides` replaced, validated; a None value is "not given".
+    An error names `source`: where the merged settings came from.
 
     A mapping given for `timeouts`, `storage`, `access` or `tls` changes only the keys it names;
     `ae_table` is replaced as a whole.
@@ -626,7 +627,7 @@ def with_overrides(config: Config, **overrides: Any) -> Config:
             merged[key] = {**_fields_of(merged[key]), **given}
         elif value is not None:
             merged[key] = value
-    return config_from_mapping(merged, "<arguments>")
+    return config_from_mapping(merged, source)
 
 
 # --- fsqr.yaml → mapping ----------------------------------------------------------------------

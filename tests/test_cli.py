@@ -120,8 +120,17 @@ def test_the_config_in_the_working_directory_is_used(serve: type[Running], tmp_p
         ("ae_table:\n  X: {host: 1.2.3.4, port: 0}\n", "fsqr.yaml: ae_table.X.port:"),
         ("port: [1\n", "invalid YAML"),
         ("faults:\n  - {operation: find, status: 0124}\n", "fsqr.yaml: faults[0].status:"),
+        # found wrong only once --port is applied: still the file's key, and the file, named
+        ("index_snapshot: ./state\n", "fsqr.yaml and the command line: index_snapshot:"),
     ],
-    ids=["wrong-type", "unknown-key", "bad-peer-port", "unreadable-yaml", "bad-fault-status"],
+    ids=[
+        "wrong-type",
+        "unknown-key",
+        "bad-peer-port",
+        "unreadable-yaml",
+        "bad-fault-status",
+        "with-the-command-line",
+    ],
 )
 def test_a_bad_config_exits_2_with_one_line(tmp_path: Path, config: str, expected: str) -> None:
     (tmp_path / "fsqr.yaml").write_text(config)
