@@ -31,10 +31,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import select
 import socket
+import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -205,6 +208,7 @@ def _never_established(assoc: Any) -> str:
 def _dul_loop(dul: Any, wake_up: _WakeUp) -> None:
     """pynetdicom's DUL reactor, blocking in select() where it slept."""
     dul._idle_timer.start()
+    _tls_handshake(dul)
     while True:
         dul.assoc._dul_ready.set()  # let the association thread go on (it waits for this)
         if dul._kill_thread:
@@ -226,12 +230,15 @@ def _dul_loop(dul: Any, wake_up: _WakeUp) -> None:
         except queue.Empty:
             _wait_for_work(dul, wake_up)
             continue
-        awaiting_request = dul.state_machine.current_state == "Sta2"  # no A-ASSOCIATE-RQ yet
-        if event == "Evt15" and awaiting_request:
+        state = dul.state_machine.current_state
+        awaiting_request = state == "Sta2"  # connected, no A-ASSOCIATE-RQ yet
+        if event == "Evt15" and state in ("Sta1", "Sta2"):
             # An A-ABORT asked for (the server stopping) before the peer sent anything: the
             # state table (PS3.8 9.2) has no abort here, nothing being negotiated yet, and
-            # pynetdicom would raise. The connection is closed instead (Evt17, next turn).
-            dul.socket.close()
+            # pynetdicom would raise. The connection is closed instead (Evt17, next turn),
+            # unless it is already (Sta1).
+            if awaiting_request:
+                dul.socket.close()
             continue
         dul.state_machine.do_action(event)
         if event == "Evt17" and awaiting_request:
@@ -239,6 +246,35 @@ def _dul_loop(dul: Any, wake_up: _WakeUp) -> None:
             # association thread nothing, and it would wait out its ACSE timeout for a request
             # that cannot come. None is what that wait returns when it gives up.
             dul.to_user_queue.put(None)
+
+
+def _tls_handshake(dul: Any) -> None:
+    """The TLS handshake of a connection fsqr accepted, before anything else is read, within
+    the ACSE timeout. The listening context defers it to here (`security.server_context`);
+    done at the first read instead, a failure was only pynetdicom's traceback followed by
+    "closed before any association request", and a caller silent after it was held for the
+    network timeout. A failure is one line saying why, and the connection is closed."""
+    sock = getattr(dul.socket, "socket", None)
+    if not isinstance(sock, ssl.SSLSocket) or not dul.assoc.is_acceptor:
+        return
+    timeout = sock.gettimeout()
+    give_up = time.monotonic() + (dul.assoc.acse_timeout or math.inf)
+    try:
+        sock.settimeout(IDLE_CHECK)  # in short waits, so that a stop is not kept waiting
+        while True:
+            try:
+                sock.do_handshake()
+                break
+            except TimeoutError:  # the handshake goes on where it was, unless it is time to stop
+                stopping = dul._kill_thread or not dul.to_provider_queue.empty()  # an A-ABORT
+                if stopping or time.monotonic() > give_up:
+                    raise
+        sock.settimeout(timeout)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc) or type(exc).__name__
+        log.warning("TLS handshake with %s failed (%s): connection closed", _peer(dul), reason)
+        dul.socket.close()  # Evt17: the association ends without waiting for a request
+        sock.close()  # pynetdicom's close stops at a shutdown() that fails on a dead peer
 
 
 def _wait_for_work(dul: Any, wake_up: _WakeUp) -> None:

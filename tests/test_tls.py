@@ -4,6 +4,8 @@ its own CA and certificates with the openssl command-line tool."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import socket
 import ssl
@@ -26,6 +28,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from fsqr import status
 from fsqr.server import Server
 from tests.conftest import dcmtk
+from tests.helpers import wait_until
 
 FIND = StudyRootQueryRetrieveInformationModelFind
 MOVE = StudyRootQueryRetrieveInformationModelMove
@@ -123,6 +126,35 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(
     server = start_server(sample_tree, **tls_settings(pki, mutual=True))
     assert echo(server, pki.client_context(with_certificate=False)) is None
     assert echo(server, pki.client_context(with_certificate=True)) == status.SUCCESS
+
+
+def test_a_failed_handshake_is_one_line_saying_why(
+    sample_tree: Path,
+    start_server: Callable[..., Server],
+    pki: Pki,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A caller without the certificate mutual TLS asks for: a warning naming the failure, no
+    traceback (pynetdicom's, when the handshake was left to its first read)."""
+    server = start_server(sample_tree, **tls_settings(pki, mutual=True))
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=20)  # a bare TLS client
+    context = pki.client_context(with_certificate=False)
+    with contextlib.suppress(OSError), context.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+        s.recv(1)  # TLS 1.3: the server's refusal comes as an alert after the client's handshake
+    assert wait_until(lambda: "TLS handshake with 127.0.0.1:" in caplog.text)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_a_tls_caller_silent_after_the_handshake_is_closed_after_the_acse_timeout(
+    sample_tree: Path, start_server: Callable[..., Server], pki: Pki
+) -> None:
+    """As a plain one is (timeouts.acse), not after the network timeout."""
+    settings = tls_settings(pki, mutual=False)
+    server = start_server(sample_tree, **settings, timeouts={"acse": 0.5, "network": 60})
+    context = pki.client_context(with_certificate=False)
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+    with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:  # handshake done
+        assert sock.recv(1) == b""  # then closed by fsqr, long before the 60 s
 
 
 def test_a_tls_file_that_cannot_be_loaded_is_named(sample_tree: Path, pki: Pki) -> None:
