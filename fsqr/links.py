@@ -399,6 +399,7 @@ class SubAssociation:
             connected.set()
             on_connect()
 
+        started = time.monotonic()
         try:
             assoc = ae.associate(
                 peer.host,
@@ -420,14 +421,19 @@ class SubAssociation:
             raise retrieve.Unreachable(f"cannot connect: {exc} ({where})") from None
         if not assoc.is_established:
             # The reason first: it is what fits in a response's 64-character Error Comment.
-            timeouts = config.timeouts
-            if not connected.is_set():
-                reason = f"connection refused or timed out ({timeouts.connect:g} s)"
-            elif assoc.is_rejected:
+            # pynetdicom says only that it failed; how soon tells a refusal from a timeout.
+            timeouts, took = config.timeouts, time.monotonic() - started
+            if assoc.is_rejected:
                 answer = assoc.acceptor.primitive
                 reason = f"association rejected: {getattr(answer, 'reason_str', '')}"
-            else:
+            elif not connected.is_set() and took >= timeouts.connect:
+                reason = f"no connection within {timeouts.connect:g} s"
+            elif not connected.is_set():
+                reason = "connection refused" + (", or TLS handshake failed" if peer.tls else "")
+            elif took >= timeouts.acse:
                 reason = f"no association within {timeouts.acse:g} s"
+            else:  # a TLS-only peer does this to an A-ASSOCIATE-RQ sent without TLS
+                reason = "connection closed without an answer"
             raise retrieve.Unreachable(f"{reason} ({where})")
         sender = StoreSender(assoc, config=config, priority=priority, originator=originator)
         explain_association(evt.Event(assoc, evt.EVT_ACCEPTED))

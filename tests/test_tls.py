@@ -26,6 +26,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from fsqr import status
+from fsqr.keys import Level
 from fsqr.server import Server
 from tests.conftest import dcmtk
 from tests.helpers import wait_until
@@ -274,3 +275,40 @@ def test_c_move_to_a_tls_destination(
     expected = int(study.NumberOfStudyRelatedInstances)
     assert final.NumberOfCompletedSuboperations == expected
     assert len(received) == expected
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        # listed without tls: true, so fsqr speaks plain DICOM to a TLS-only peer
+        ({}, "connection closed without an answer"),
+        # tls: true, but its certificate is signed by a CA fsqr was not told to trust
+        ({"tls": True}, "connection refused, or TLS handshake failed"),
+    ],
+    ids=["plain-to-tls", "untrusted-certificate"],
+)
+# pynetdicom drops the socket of a connection whose TLS handshake failed without closing it, as
+# it does a refused one (see test_interop_retrieve): a ResourceWarning that is not fsqr's to fix.
+@pytest.mark.filterwarnings("ignore:unclosed <socket:ResourceWarning")
+def test_a_tls_destination_fsqr_cannot_reach_is_a702_saying_why(
+    sample_tree: Path,
+    start_server: Callable[..., Server],
+    tls_storage_scp: tuple[int, list[str]],
+    entry: dict[str, Any],
+    reason: str,
+) -> None:
+    """The reason pynetdicom does not give, told by how soon it failed: not a timeout."""
+    port, received = tls_storage_scp
+    peers = {"TLSDEST": {"host": "127.0.0.1", "port": port, **entry}}
+    server = start_server(sample_tree, ae_table=peers, timeouts={"acse": 30, "connect": 30})
+    ae = AE(ae_title="MOVESCU")
+    ae.add_requested_context(MOVE)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="FSQR")
+    move = Dataset()
+    move.QueryRetrieveLevel = "STUDY"
+    move.StudyInstanceUID = server.index.entities(Level.STUDY, {})[0].study.study_uid
+    final = list(assoc.send_c_move(move, "TLSDEST", MOVE))[-1][0]
+    assoc.release()
+    assert final.Status == status.OUT_OF_RESOURCES_SUBOPS
+    assert final.ErrorComment.startswith(reason), final.ErrorComment
+    assert received == []
