@@ -324,16 +324,17 @@ def without_unheard_message_logs(event: Any) -> None:
 
 # -- a C-FIND that keeps pace, and C-CANCEL -------------------------------------------------
 
-_AHEAD = 4  # responses a C-FIND may have queued for sending before it computes the next
+_AHEAD = 4  # messages or PDUs that may wait in pynetdicom's send queue before one more is put
 
 
 def keep_pace_with_the_network(assoc: Any) -> None:
-    """Wait until at most `_AHEAD` messages wait in pynetdicom's send queue.
+    """Wait until at most `_AHEAD` messages (or PDUs) wait in pynetdicom's send queue.
 
-    pynetdicom queues each response for its DUL thread to send; a handler that runs ahead
-    would queue every answer before the first reaches the wire, and a C-CANCEL sent after
-    the SCU saw a few answers would then find nothing left to stop (and a huge result would sit
-    in memory). Keeping pace bounds both.
+    pynetdicom queues each one for its DUL thread to send. A C-FIND that ran ahead would
+    queue every answer before the first reaches the wire, and a C-CANCEL sent after the SCU
+    saw a few answers would then find nothing left to stop; a C-STORE sub-operation read from
+    disk faster than the peer takes it would hold the whole file in memory (a 200 MB instance
+    took 680 MB). Keeping pace bounds both.
     """
     pending = assoc.dul.to_provider_queue
     deadline = time.monotonic() + 60

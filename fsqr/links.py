@@ -37,6 +37,7 @@ from fsqr.dimse import (
     StoreResponse,
     caller,
     explain_association,
+    keep_pace_with_the_network,
     read_store_responses_directly,
     retrieve_pending_command,
     room_in_one_pdu,
@@ -293,6 +294,7 @@ class StoreSender:
                     return retrieve.Stored(
                         None, "the file changed while it was being sent", usable=False
                     )
+            keep_pace_with_the_network(self.assoc)  # a few PDUs ahead, not the whole file
             self.assoc.dul.send_pdu(pdata)
         return None
 

@@ -33,20 +33,22 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
+from pynetdicom.transport import AssociationSocket
 
 from fsqr import dimse, links, retrieve, status
 from fsqr.records import Parsed
 from fsqr.retrieve import _read_meta
 from fsqr.scan import read_header
 from fsqr.server import Server
-from fsqr.synthetic import write_sample_data, write_tree
-from tests.conftest import dcmtk
+from fsqr.synthetic import write_instance, write_sample_data, write_tree
+from tests.conftest import dcmtk, instance
 from tests.helpers import wait_until
 
 STUDY_MOVE = StudyRootQueryRetrieveInformationModelMove
@@ -1057,3 +1059,36 @@ def test_any_other_command_is_left_to_pynetdicom() -> None:
     pending = dimse.retrieve_pending_command(0x8021, STUDY_MOVE, 1, (1, 0, 0, 0))
     assert dimse.read_store_response(pending) is None
     assert dimse.read_store_response(pending[:-1]) is None  # cut short
+
+
+def test_a_large_instance_is_streamed_a_few_pdus_ahead_of_the_network(
+    tmp_path: Path,
+    start_server: Callable[..., Server],
+    destination: Callable[..., Destination],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Read from disk no faster than the network takes it: a 200 MB instance to a slower peer
+    once sat whole in pynetdicom's send queue (680 MB resident for one C-GET)."""
+    big = instance(rows=512, columns=1024)  # 1 MiB of pixels: some 64 PDUs of 16 KiB
+    write_instance(big, tmp_path / "tree" / "big.dcm")
+    dest = destination()
+    server = start_server(tmp_path / "tree", ae_table={"DEST": dest.entry()})
+    queued: list[int] = []
+    send_pdu, send = DULServiceProvider.send_pdu, AssociationSocket.send
+
+    def noted(self: Any, primitive: Any) -> None:  # what waits to be sent, as one more is put
+        queued.append(self.to_provider_queue.qsize())
+        send_pdu(self, primitive)
+
+    def slowly(self: Any, bytestream: bytes) -> None:  # a network slower than the disk
+        time.sleep(0.002)
+        send(self, bytestream)
+
+    monkeypatch.setattr(DULServiceProvider, "send_pdu", noted)
+    monkeypatch.setattr(AssociationSocket, "send", slowly)
+    request = identifier("STUDY", StudyInstanceUID=big.StudyInstanceUID)
+    last, _ = final(move(server, request, "DEST"))
+    assert last.Status == status.SUCCESS
+    assert big.SOPInstanceUID in dest.received
+    assert len(queued) > 50
+    assert max(queued) <= 8
