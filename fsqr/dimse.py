@@ -327,8 +327,8 @@ def without_unheard_message_logs(event: Any) -> None:
 _AHEAD = 4  # messages or PDUs that may wait in pynetdicom's send queue before one more is put
 
 
-def keep_pace_with_the_network(assoc: Any) -> None:
-    """Wait until at most `_AHEAD` messages (or PDUs) wait in pynetdicom's send queue.
+def keep_pace_with_the_network(assoc: Any, ahead: int = _AHEAD) -> None:
+    """Wait until at most `ahead` messages (or PDUs) wait in pynetdicom's send queue.
 
     pynetdicom queues each one for its DUL thread to send. A C-FIND that ran ahead would
     queue every answer before the first reaches the wire, and a C-CANCEL sent after the SCU
@@ -338,7 +338,7 @@ def keep_pace_with_the_network(assoc: Any) -> None:
     """
     pending = assoc.dul.to_provider_queue
     deadline = time.monotonic() + 60
-    while pending.qsize() > _AHEAD and assoc.is_established and time.monotonic() < deadline:
+    while pending.qsize() > ahead and assoc.is_established and time.monotonic() < deadline:
         time.sleep(0.0005)
 
 

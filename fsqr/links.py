@@ -76,6 +76,10 @@ log = logging.getLogger(__name__)
 # changes any of them. (reactor.py lists the internals its loops use.)
 
 
+# Bytes of a file being sent that may wait in pynetdicom's send queue: enough that its DUL thread
+# never waits for the disk, few enough that a large instance is never held whole in memory.
+STREAM_AHEAD = 4 << 20
+
 # PS3.4 C.4.2.3.1: pending responses are optional progress reports. Each costs about as much as a
 # small instance's C-STORE, so while instances go faster than this, one goes out per interval.
 PENDING_INTERVAL = 0.1  # seconds
@@ -285,7 +289,9 @@ class StoreSender:
         message.context_id = context_id
         evt.trigger(self.assoc, evt.EVT_DIMSE_SENT, {"message": message})  # as send_msg does
         expected, sent = payload.identity[2] - payload.offset, 0
-        for pdata in message.encode_msg(context_id, self.assoc.dimse.maximum_pdu_size):
+        pdu_size = self.assoc.dimse.maximum_pdu_size
+        ahead = max(1, STREAM_AHEAD // pdu_size) if pdu_size else 1  # 0: one PDU, no limit
+        for pdata in message.encode_msg(context_id, pdu_size):
             ((_, pdv),) = pdata.presentation_data_value_list
             if not pdv[0] & 0x01:  # PS3.8 E.2: bit 0 clear, a data set fragment
                 sent += len(pdv) - 1
@@ -294,7 +300,7 @@ class StoreSender:
                     return retrieve.Stored(
                         None, "the file changed while it was being sent", usable=False
                     )
-            keep_pace_with_the_network(self.assoc)  # a few PDUs ahead, not the whole file
+            keep_pace_with_the_network(self.assoc, ahead)  # STREAM_AHEAD, not the whole file
             self.assoc.dul.send_pdu(pdata)
         return None
 

@@ -1067,9 +1067,10 @@ def test_a_large_instance_is_streamed_a_few_pdus_ahead_of_the_network(
     destination: Callable[..., Destination],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Read from disk no faster than the network takes it: a 200 MB instance to a slower peer
-    once sat whole in pynetdicom's send queue (680 MB resident for one C-GET)."""
-    big = instance(rows=512, columns=1024)  # 1 MiB of pixels: some 64 PDUs of 16 KiB
+    """Read from disk at most `links.STREAM_AHEAD` ahead of what the network has taken: a 200
+    MB instance to a slower peer once sat whole in pynetdicom's send queue (680 MB resident
+    for one C-GET)."""
+    big = instance(rows=2048, columns=2048)  # 8 MiB of pixels: some 512 PDUs of 16 KiB
     write_instance(big, tmp_path / "tree" / "big.dcm")
     dest = destination()
     server = start_server(tmp_path / "tree", ae_table={"DEST": dest.entry()})
@@ -1090,5 +1091,6 @@ def test_a_large_instance_is_streamed_a_few_pdus_ahead_of_the_network(
     last, _ = final(move(server, request, "DEST"))
     assert last.Status == status.SUCCESS
     assert big.SOPInstanceUID in dest.received
-    assert len(queued) > 50
-    assert max(queued) <= 8
+    pdus_ahead = links.STREAM_AHEAD // 16382  # the destination's (pynetdicom's default) PDU size
+    assert len(queued) > 2 * pdus_ahead
+    assert max(queued) <= pdus_ahead + 4  # (and the command set's PDU)
