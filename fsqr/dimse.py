@@ -402,8 +402,15 @@ def peer_of(assoc: Any) -> str:
 def _explained_contexts(assoc: Any) -> list[explain.Context]:
     """Every presentation context of an association, accepted or refused, by context ID."""
     roles = assoc.requestor.role_selection if assoc.is_acceptor else {}
+    # What fsqr proposed: an A-ASSOCIATE-AC's transfer syntax for a context it refuses has no
+    # meaning (PS3.8 9.3.3.2), so a refused one is shown with the syntaxes it was proposed in.
+    requested = [] if assoc.is_acceptor else assoc.requestor.requested_contexts
+    proposed = {c.context_id: c for c in requested}
     found = []
     for cx in [*assoc.accepted_contexts, *assoc.rejected_contexts]:
+        syntaxes = cx.transfer_syntax
+        if cx.result != 0 and cx.context_id in proposed:
+            syntaxes = proposed[cx.context_id].transfer_syntax
         said = ""
         if str(cx.abstract_syntax) in roles and cx.result == 0:
             said = "fsqr may send C-STOREs on it" if cx.as_scu else "fsqr may not send on it"
@@ -412,7 +419,7 @@ def _explained_contexts(assoc: Any) -> list[explain.Context]:
             explain.Context(
                 int(cx.context_id),
                 str(cx.abstract_syntax),
-                tuple(str(ts) for ts in cx.transfer_syntax),
+                tuple(str(ts) for ts in syntaxes),
                 cx.result,
                 said,
             )

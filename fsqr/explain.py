@@ -268,7 +268,7 @@ def find_done(peer: str, matches: int, outcome: str) -> None:
     if on():
         log.info(
             "C-FIND from %s: %d match(es), each sent as a pending C-FIND-RSP FF00 with its "
-            "identifier (PS3.4 C.4.1.3.2), then the final response %s (PS3.4 C.4.1.1.4)",
+            "identifier (PS3.4 C.4.1.3.1), then the final response %s (PS3.4 C.4.1.1.4)",
             peer,
             matches,
             outcome,
@@ -423,12 +423,13 @@ def sub_operation(
 
 
 def pending(operation: str, remaining: int, completed: int, failed: int, warning: int) -> None:
-    """A pending C-MOVE-RSP or C-GET-RSP (PS3.4 C.4.2.3.1: optional progress reports)."""
+    """A pending C-MOVE-RSP or C-GET-RSP (PS3.4 C.4.2.3.1, C.4.3.3.1: progress reports)."""
     if on():
         log.info(
-            "pending %s-RSP FF00, a progress report (PS3.4 C.4.2.3.1): remaining %d, "
+            "pending %s-RSP FF00, a progress report (PS3.4 %s): remaining %d, "
             "completed %d, failed %d, warning %d",
             operation,
+            "C.4.2.3.1" if operation == "C-MOVE" else "C.4.3.3.1",
             remaining,
             completed,
             failed,
@@ -439,8 +440,9 @@ def pending(operation: str, remaining: int, completed: int, failed: int, warning
 def cancel_received(peer: str, message_id: int) -> None:
     if on():
         log.info(
-            "C-CANCEL-RQ from %s for message %d (PS3.7 9.3.2.3): the sub-operation in progress "
-            "finishes, no further ones start, and the final status is FE00 Cancel",
+            "C-CANCEL-RQ from %s for message %d (PS3.7 9.3.2.3, 9.3.3.3, 9.3.4.3): a C-FIND "
+            "sends no further match; a C-MOVE or C-GET finishes the sub-operation in progress "
+            "and starts no other; either way the final status is FE00 Cancel",
             peer,
             message_id,
         )

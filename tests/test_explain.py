@@ -436,3 +436,14 @@ def test_serve_explain_narrates_each_step_without_patient_names(
     ):
         assert step in said, f"{step!r} not in:\n{said}"
     assert "JANE" not in said and "FSQR0002" not in said  # patient names and IDs only with -v
+
+
+def test_each_pending_and_cancel_line_cites_its_own_section(narration: Lines) -> None:
+    """C-GET's pending responses are C.4.3.3.1, not C-MOVE's C.4.2.3.1; a C-CANCEL names
+    each service's (PS3.7 9.3.2.3 C-FIND, 9.3.3.3 C-GET, 9.3.4.3 C-MOVE)."""
+    explain.pending("C-MOVE", 3, 1, 0, 0)
+    explain.pending("C-GET", 3, 1, 0, 0)
+    explain.cancel_received("SCU@127.0.0.1:104", 7)
+    move, get, cancel = narration.lines
+    assert "(PS3.4 C.4.2.3.1)" in move and "(PS3.4 C.4.3.3.1)" in get
+    assert "9.3.2.3, 9.3.3.3, 9.3.4.3" in cancel and "C-FIND sends no further match" in cancel
