@@ -420,9 +420,10 @@ class Handlers:
             event, started, "C-ECHO", status=code, comment=comment, fault=fault is not None
         )
         log.info(
-            "C-ECHO from %s%s",
+            "C-ECHO from %s: %s, %.1f ms",
             caller(event.assoc),
-            f": {code:04X} {comment}" if code != status.SUCCESS else "",
+            f"{code:04X} {comment}".rstrip(),
+            served.duration_ms,
             extra={"operation": served.as_json()},
         )
         explain.echo(caller(event.assoc), code)
@@ -564,6 +565,8 @@ class Handlers:
                 open_link = misbehaving(open_link, fault)
             level, outcome = self._sub_operations(event, model, responder, open_link)
             tally, code = outcome.tally, outcome.status
+            if code == status.OUT_OF_RESOURCES_SUBOPS:  # as the final response's Error Comment
+                comment = outcome.reason
             if fault is not None and fault.cut_short:
                 done = _counted(fault.steps, "sub-operation")
                 comment = f"aborted after {done} (faults: abort_after)"

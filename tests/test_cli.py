@@ -98,7 +98,7 @@ def test_serve_on_a_free_port_answers_and_stops_cleanly(serve: type[Running], si
     assert running.stop(signum) == 0
     log = "".join(running.lines)
     assert "44 instances" in log
-    assert "C-ECHO from CLITEST@127.0.0.1" in log
+    assert re.search(r"C-ECHO from CLITEST@127\.0\.0\.1:\d+: 0000, [\d.]+ ms", log), log
     assert "Traceback" not in log
 
 

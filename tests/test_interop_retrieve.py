@@ -560,6 +560,8 @@ def test_a_destination_that_is_down_is_a702_at_once(
     assert "refused" in rsp.ErrorComment
     assert failed is not None
     assert sorted(failed_uids(failed)) == sorted(uids)
+    (served,) = server.operations.of("C-MOVE")  # the record (and its log line) says why too
+    assert (served.status, served.comment) == (status.OUT_OF_RESOURCES_SUBOPS, rsp.ErrorComment)
 
 
 def test_a_destination_that_never_answers_is_a702_after_the_acse_timeout(
