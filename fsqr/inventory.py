@@ -17,6 +17,8 @@ from typing import Any
 
 from pydicom import dcmread
 
+from fsqr.index import Index, SeriesView
+from fsqr.keys import Level
 from fsqr.records import Parsed, Skipped
 from fsqr.scan import scan_files
 from fsqr.tree import walk
@@ -144,72 +146,71 @@ class Inventory:
 
 
 def take_inventory(root: Path, workers: int = 0) -> Inventory:
-    """Scan `root` as the server's start-up scan does, and lint what it finds."""
-    paths = sorted(walk(root))
+    """Scan `root` as the server's start-up scan does, index it in an `Index` as the server does
+    (so the tree, the copy served of a duplicate and each name are the server's), and lint it."""
+    paths = list(walk(root))  # in the walk's order, as the server reads them
     inventory = Inventory(root=str(root), files=len(paths))
+    index = Index()
     parsed: list[Parsed] = []
     for result in scan_files(paths, workers):
         if isinstance(result, Parsed):
             parsed.append(result)
+            index.add(result)
         else:
             inventory.skipped.append(result)
     inventory.skipped.sort(key=lambda s: s.path)
-    parsed.sort(key=lambda p: p.instance.path)
-    served = _file_into_tree(inventory, parsed)
+    _tree_into(inventory, index)
+    served = index.entities(Level.IMAGE, {})
     inventory.problems = [
-        *_duplicates(parsed),
+        *_duplicates(parsed, index),
         *_conflicting_patients(parsed),
         *_studies_under_two_patients(parsed),
-        *_mixed_character_sets(served),
+        *_mixed_character_sets(
+            (e.study.study_uid, e.instance.path) for e in served if e.study and e.instance
+        ),
     ]
     return inventory
 
 
-def _file_into_tree(inventory: Inventory, parsed: Iterable[Parsed]) -> list[Parsed]:
-    """Add each instance to the tree once (the first file of a SOP Instance UID is served)."""
-    seen: set[str] = set()
-    served = []
-    for p in parsed:
-        if p.instance.sop_instance_uid in seen:
-            continue
-        seen.add(p.instance.sop_instance_uid)
-        served.append(p)
-        patient = inventory.patients.setdefault(
-            p.patient.patient_id,
-            PatientEntry(p.patient.patient_id, p.patient.get("PatientName")),
+def _tree_into(inventory: Inventory, index: Index) -> None:
+    """The patients, studies and series as the server answers them: a patient with its latest
+    file's name, a study under the patient it was first filed under."""
+    for patient_view in index.candidates(Level.PATIENT, {}):
+        record = patient_view.patient
+        inventory.patients[record.patient_id] = PatientEntry(
+            record.patient_id, record.get("PatientName")
         )
-        study = patient.studies.setdefault(
-            p.study.study_uid,
+    for view in index.candidates(Level.SERIES, {}):
+        assert isinstance(view, SeriesView)
+        study = inventory.patients[view.study.patient_id].studies.setdefault(
+            view.study.study_uid,
             StudyEntry(
-                p.study.study_uid,
-                p.study.get("StudyDate"),
-                p.study.get("StudyDescription"),
-                p.study.get("AccessionNumber"),
+                view.study.study_uid,
+                view.study.get("StudyDate"),
+                view.study.get("StudyDescription"),
+                view.study.get("AccessionNumber"),
             ),
         )
-        series = study.series.setdefault(
-            p.series.series_uid,
-            SeriesEntry(
-                p.series.series_uid,
-                p.series.get("SeriesNumber"),
-                p.series.get("Modality"),
-                p.series.get("SeriesDescription"),
-            ),
+        study.series[view.series.series_uid] = SeriesEntry(
+            view.series.series_uid,
+            view.series.get("SeriesNumber"),
+            view.series.get("Modality"),
+            view.series.get("SeriesDescription"),
+            view.instances,
         )
-        series.instances += 1
-    return served
 
 
-def _duplicates(parsed: Iterable[Parsed]) -> list[str]:
+def _duplicates(parsed: Iterable[Parsed], index: Index) -> list[str]:
     paths: dict[str, list[str]] = defaultdict(list)
     for p in parsed:
         paths[p.instance.sop_instance_uid].append(p.instance.path)
-    return [
-        f"SOP Instance UID {uid} is in {len(files)} files (the first is served): "
-        + ", ".join(files)
-        for uid, files in paths.items()
-        if len(files) > 1
-    ]
+    problems = []
+    for uid, files in paths.items():
+        if len(files) > 1:
+            served = index.instance(uid)
+            shown = [f"{f} (served)" if served and f == served.path else f for f in files]
+            problems.append(f"SOP Instance UID {uid} is in {len(files)} files: " + ", ".join(shown))
+    return problems
 
 
 def _conflicting_patients(parsed: Iterable[Parsed]) -> list[str]:
@@ -236,11 +237,11 @@ def _studies_under_two_patients(parsed: Iterable[Parsed]) -> list[str]:
     ]
 
 
-def _mixed_character_sets(parsed: Iterable[Parsed]) -> list[str]:
-    """Studies whose files declare different Specific Character Sets (0008,0005)."""
+def _mixed_character_sets(served: Iterable[tuple[str, str]]) -> list[str]:
+    """Studies whose served files (study UID, path) declare different Specific Character Sets."""
     charsets: dict[str, set[str]] = defaultdict(set)
-    for p in parsed:
-        charsets[p.study.study_uid].add(_character_set(p.instance.path))
+    for study_uid, path in served:
+        charsets[study_uid].add(_character_set(path))
     return [
         f"study {uid} mixes character sets: " + ", ".join(sorted(found))
         for uid, found in charsets.items()

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fsqr.inventory import take_inventory
+from fsqr.keys import Level
+from fsqr.server import Server
 from fsqr.synthetic import synthetic_uid
 from tests.conftest import SAMPLE_DATA
 
@@ -77,3 +79,38 @@ def test_ls_json_and_exit_codes(write: Callable[..., Path], tmp_path: Path) -> N
     )
     assert done.returncode == 1  # something was skipped
     assert "junk.dcm: not a DICOM file" in done.stdout
+
+
+def test_ls_shows_what_the_server_serves_on_a_messy_tree(
+    write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Duplicates that differ, a patient whose files disagree on the name, a study under two
+    PatientIDs: `fsqr ls` files each as the server's index does (it used its own rules: the
+    first path in sorted order won, and a study appeared once per PatientID)."""
+    study, other = synthetic_uid("messy", 1), synthetic_uid("messy", 2)
+    write("a1.dcm", patient_id="P1", patient_name="DOE^JOHN", study_uid=study, n=1)
+    write("a2.dcm", patient_id="P1", patient_name="DOE^JOHN", study_uid=study, n=2)
+    write("dup_diff.dcm", patient_id="P1", patient_name="DOE^JOHNNY", study_uid=study, n=2)
+    write("p1_other.dcm", patient_id="P1", patient_name="DOE^JANE", study_uid=other, n=5)
+    write("two_pids.dcm", patient_id="P2", patient_name="ROE^RICHARD", study_uid=study, n=3)
+    root = tmp_path / "tree"
+    inventory = take_inventory(root)
+    with Server(root=root, watch="off") as server:
+        index = server.index
+        counts = index.counts()
+        assert inventory.counts()["patients"] == counts.patients
+        assert inventory.counts()["studies"] == counts.studies
+        assert inventory.counts()["series"] == counts.series
+        assert inventory.counts()["instances"] == counts.instances
+        for view in index.candidates(Level.PATIENT, {}):
+            entry = inventory.patients[view.patient.patient_id]
+            assert entry.name == view.patient.get("PatientName")
+            assert set(entry.studies) == {
+                e.study.study_uid
+                for e in index.entities(Level.STUDY, {Level.PATIENT: [view.patient.patient_id]})
+                if e.study
+            }
+        served = index.instance(synthetic_uid("sop", "P1", 2))
+        assert served is not None
+        (duplicate,) = [p for p in inventory.problems if "is in 2 files" in p]
+        assert f"{served.path} (served)" in duplicate

@@ -70,7 +70,7 @@ ALLOWED = {
         "snapshot",
     },
     "reactor": set(),  # pynetdicom's association loops, waiting instead of polling
-    "inventory": LEAVES | {"scan"},
+    "inventory": LEAVES | {"scan", "index"},  # indexes what it scans as the server does
     "worklist": LEAVES | {"matching", "scan"},
     "cli": {"config", "server", "inventory"},
     "pytest_plugin": {"server", "reactor"},
