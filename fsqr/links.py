@@ -500,10 +500,11 @@ class RequestorLink:
                 syntaxes = self._contexts.setdefault(uid, {})
                 syntaxes.setdefault(str(cx.transfer_syntax[0]), int(cx.context_id))
             elif uid not in proposed_roles:
+                # What fits in a response's 64-character Error Comment first, then the detail.
                 self._why[uid] = (
-                    f"the SCU offered {_sop_name(uid)} without SCP/SCU Role Selection, so it "
-                    "may not be sent C-STOREs (PS3.7 D.3.3.4); allow_get_without_role_selection:"
-                    " true sends them anyway"
+                    f"no SCP/SCU Role Selection for {_sop_name(uid)}: the SCU offered it without "
+                    "one, so it may not be sent C-STOREs (PS3.7 D.3.3.4); "
+                    "allow_get_without_role_selection: true sends them anyway"
                 )
             else:
                 self._why[uid] = f"the SCU did not take the SCP role for {_sop_name(uid)}"
