@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -430,6 +430,16 @@ class _CopiedQuickly(PresentationContext):
         return copied
 
 
+# Every transfer syntax pynetdicom knows, for the storage SOP Classes. pynetdicom accepts the
+# first of these that the peer proposed, whatever the peer's own order: Explicit VR Little
+# Endian first, the syntax most files are stored in, so that a C-GET SCU offering it gets them
+# as stored rather than converted.
+STORAGE_TRANSFER_SYNTAXES = (
+    ExplicitVRLittleEndian,
+    *(uid for uid in ALL_TRANSFER_SYNTAXES if uid != ExplicitVRLittleEndian),
+)
+
+
 def application_entity(config: Config) -> Any:
     """The Application Entity fsqr serves as: its timeouts, limits and presentation contexts."""
     ae = AE(ae_title=config.ae_title)
@@ -450,7 +460,7 @@ def application_entity(config: Config) -> Any:
     # The transfer syntaxes are validated once, not once per SOP Class: pynetdicom would build
     # and check some 7,700 UIDs, a tenth of a second of every start.
     syntaxes = PresentationContext()
-    syntaxes.transfer_syntax = list(ALL_TRANSFER_SYNTAXES)
+    syntaxes.transfer_syntax = list(STORAGE_TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
         sop_class = UID(str(context.abstract_syntax))  # as pynetdicom keys its contexts
         ae.add_supported_context(

@@ -368,3 +368,20 @@ def test_stored_patient_folders_follow_the_patient_id(
     (path,) = dicom_files(root)
     assert path.relative_to(root).parts[:2] == ("incoming", "RIGHT")
     assert server.index.counts().patients == 1
+
+
+def test_explicit_vr_little_endian_is_chosen_when_offered(
+    root: Path, start_server: Callable[..., Server]
+) -> None:
+    """The syntax most files are stored in: received, or sent by C-GET, as they are. (pynetdicom
+    accepts the first of the acceptor's syntaxes that was offered, not the peer's first.)"""
+    server = start_server(root)
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(CTImageStorage, [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", server.port, ae_title=server.ae_title)
+    assert assoc.is_established
+    try:
+        (context,) = assoc.accepted_contexts
+        assert context.transfer_syntax == [ExplicitVRLittleEndian]
+    finally:
+        assoc.release()

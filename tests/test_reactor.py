@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_ECHO
@@ -24,7 +24,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from fsqr import reactor
 from fsqr.config import config_from_mapping
 from fsqr.keys import FIND_MODELS, GET_MODELS, MODALITY_WORKLIST_FIND, MOVE_MODELS
-from fsqr.server import Server, application_entity
+from fsqr.server import STORAGE_TRANSFER_SYNTAXES, Server, application_entity
 from fsqr.synthetic import write_sample_data
 from tests import test_interop_retrieve
 from tests.helpers import wait_until
@@ -237,7 +237,7 @@ def test_the_application_entitys_contexts_are_pynetdicoms_built_in_one_go(
         reference.add_supported_context(uid)
     for context in AllStoragePresentationContexts:
         reference.add_supported_context(
-            context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+            context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
         )
 
     def described(contexts: list[Any]) -> list[tuple[str, list[str], Any, Any]]:
