@@ -17,6 +17,7 @@ from typing import Any
 from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from fsqr.errors import InvalidIdentifier
 from fsqr.index import Entity, Index, InstanceView, PatientView, SeriesView, StudyView, View
@@ -76,7 +77,7 @@ class Query:
         a sequence's item. PS3.4 C.4.1.1.4 has the SCP say so, FF01 in each pending response.
         """
         return [
-            key.keyword or f"({key.tag >> 16:04X},{key.tag & 0xFFFF:04X})"
+            key.keyword or str(Tag(key.tag))
             for key in self.keys
             if (key.vr == "SQ" and _items_hold_values(key.element))
             or (key.source is Source.NONE and not is_universal(key.vr, key.pattern))
@@ -155,7 +156,7 @@ def _decoded(identifier: Dataset, tag: int) -> DataElement:
     zero, a value over the VR's length) is taken as sent, as the files that hold such values
     are indexed as they are: archives are full of them, and DCMTK and Orthanc match them too.
     """
-    where = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    where = str(Tag(tag))
     try:
         with warnings.catch_warnings(record=True) as warned:
             warnings.simplefilter("always")

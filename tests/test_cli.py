@@ -214,3 +214,18 @@ def test_the_command_line_module_imports_no_dicom_library_until_a_command_runs()
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [("serve", "C-ECHO, C-FIND, C-MOVE, C-GET and C-STORE"), ("ls", "and lint it; exits 1")],
+)
+def test_each_command_describes_itself(command: str, says: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fsqr", command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert says in " ".join(done.stdout.split())  # argparse wraps lines

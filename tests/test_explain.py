@@ -15,11 +15,13 @@ import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE, AllStoragePresentationContexts, build_role, evt
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, AllStoragePresentationContexts, build_context, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     MRImageStorage,
     PatientStudyOnlyQueryRetrieveInformationModelMove,
@@ -29,7 +31,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from fsqr import explain
+from fsqr import dimse, explain
 from fsqr.records import Parsed
 from fsqr.scan import read_header
 from fsqr.server import Server
@@ -447,3 +449,20 @@ def test_each_pending_and_cancel_line_cites_its_own_section(narration: Lines) ->
     move, get, cancel = narration.lines
     assert "(PS3.4 C.4.2.3.1)" in move and "(PS3.4 C.4.3.3.1)" in get
     assert "9.3.2.3, 9.3.3.3, 9.3.4.3" in cancel and "C-FIND sends no further match" in cancel
+
+
+def test_a_context_a_destination_refused_is_shown_in_the_syntaxes_fsqr_proposed() -> None:
+    """The A-ASSOCIATE-AC's transfer syntax for a refused context means nothing (PS3.8
+    9.3.3.2), and pynetdicom keeps what the peer echoed there."""
+    proposed = build_context(MRImageStorage, [ExplicitVRLittleEndian])
+    proposed.context_id = 1
+    refused = build_context(MRImageStorage, [ImplicitVRLittleEndian])  # as echoed
+    refused.context_id, refused.result = 1, 0x04  # transfer-syntaxes-not-supported
+    sub_association = SimpleNamespace(
+        is_acceptor=False,
+        accepted_contexts=[],
+        rejected_contexts=[refused],
+        requestor=SimpleNamespace(requested_contexts=[proposed]),
+    )
+    (context,) = dimse._explained_contexts(sub_association)
+    assert context.transfer_syntaxes == (ExplicitVRLittleEndian,)
