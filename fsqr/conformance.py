@@ -15,6 +15,7 @@ from pydicom.uid import UID
 
 from fsqr import status
 from fsqr.config import Config
+from fsqr.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from fsqr.keys import KEYS_OF_LEVEL, Level
 from fsqr.matching import NUMERIC_VRS, RANGE_VRS, WILDCARD_VRS
 from fsqr.server import application_entity
@@ -84,6 +85,19 @@ from the code's own tables; a test keeps it identical to what the code says.
   `relational_queries` is true; date-time matching, fuzzy semantic matching and timezone
   adjustment are answered as not supported.
 """
+
+
+def implementation() -> Iterator[str]:
+    yield "## Implementation identification\n"
+    yield f"- Implementation Class UID: `{IMPLEMENTATION_CLASS_UID}`"
+    yield f"- Implementation Version Name: `{IMPLEMENTATION_VERSION_NAME}`"
+    yield (
+        "- A file received by C-STORE is written with the data set as it came and a file meta"
+        "\n  of the sender's: its Implementation Class UID and Version Name, its AE title as"
+        "\n  Source and Sending Application Entity Title; fsqr's AE title as Receiving"
+        "\n  Application Entity Title (PS3.10 7.1)."
+    )
+    yield ""
 
 
 def _uid_name(uid: str) -> str:
@@ -168,7 +182,14 @@ def statuses() -> Iterator[str]:
 
 
 def statement() -> str:
-    parts = [INTRODUCTION, *sop_classes(), *query_keys(), *matching(), *character_sets()]
+    parts = [
+        INTRODUCTION,
+        *implementation(),
+        *sop_classes(),
+        *query_keys(),
+        *matching(),
+        *character_sets(),
+    ]
     parts += [*statuses()]
     return "\n".join(parts).rstrip() + "\n"
 

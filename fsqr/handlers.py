@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
+from pynetdicom.dsutils import encode_file_meta
 
 from fsqr import explain, faults, reactor, retrieve, security, status
 from fsqr.config import Config, Operation
@@ -680,7 +681,7 @@ class Handlers:
             if fault is not None:
                 fault.pause()
                 fault.raise_status()
-            encoded = event.encoded_dataset()
+            encoded = received_file(event, self.config.ae_title)
             stored = self.receiver.store(encoded, sop_class, uid)
         except DimseError as exc:
             self._served(
@@ -864,3 +865,23 @@ class Handlers:
             find.busy * 1000,
             extra={"operation": find.served.as_json()},
         )
+
+
+def received_file(event: Any, ae_title: str) -> bytes:
+    """The file a C-STORE request's data set is written as: preamble, file meta (PS3.10 7.1),
+    and the data set as it came. The meta says where it came from, as dcm4che's writes it:
+    the sender's Implementation Class UID and Version Name (the implementation that wrote the
+    content, as it told us in its A-ASSOCIATE-RQ) and AE title, and ours (`ae_title`) as the AE
+    title that received it."""
+    meta = event.file_meta  # class, instance and transfer syntax, from the request
+    peer = event.assoc.requestor
+    meta.ImplementationClassUID = peer.implementation_class_uid
+    if peer.implementation_version_name:
+        meta.ImplementationVersionName = peer.implementation_version_name
+    sender = peer.ae_title.strip()
+    meta.SourceApplicationEntityTitle = sender
+    meta.SendingApplicationEntityTitle = sender
+    meta.ReceivingApplicationEntityTitle = ae_title
+    return b"".join(
+        (b"\0" * 128, b"DICM", encode_file_meta(meta), event.encoded_dataset(include_meta=False))
+    )

@@ -46,6 +46,7 @@ from fsqr.dimse import (
     store_request_command,
     without_unheard_message_logs,
 )
+from fsqr.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
 
@@ -586,6 +587,8 @@ def _sop_name(uid: str) -> str:
 def requestor_ae(config: Config) -> Any:
     """The AE that opens C-MOVE sub-associations: the server's title and timeouts."""
     ae = reactor.WaitingAE(ae_title=config.ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     timeouts = config.timeouts
     ae.acse_timeout = timeouts.acse
     ae.dimse_timeout = timeouts.dimse

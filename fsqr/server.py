@@ -37,6 +37,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from fsqr.config import Config, config_from_mapping, with_overrides
 from fsqr.handlers import Handlers
+from fsqr.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from fsqr.index import Index
 from fsqr.keys import FIND_MODELS, GET_MODELS, MODALITY_WORKLIST_FIND, MOVE_MODELS
 from fsqr.operations import Operations
@@ -443,6 +444,8 @@ STORAGE_TRANSFER_SYNTAXES = (
 def application_entity(config: Config) -> Any:
     """The Application Entity fsqr serves as: its timeouts, limits and presentation contexts."""
     ae = AE(ae_title=config.ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     timeouts = config.timeouts
     ae.acse_timeout = timeouts.acse
     ae.dimse_timeout = timeouts.dimse

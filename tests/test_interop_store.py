@@ -32,6 +32,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from fsqr import dimse
+from fsqr.config import Config
+from fsqr.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from fsqr.links import requestor_ae
 from fsqr.server import Server
 from fsqr.synthetic import synthetic_uid, write_instance
 from fsqr.tree import TEMP_PREFIX
@@ -203,9 +206,29 @@ def test_dcmtk_storescu_into_fsqr_then_c_find(
         original = dcmread(originals[stored.SOPInstanceUID])
         assert stored.PixelData == original.PixelData
         syntaxes.add(stored.file_meta.TransferSyntaxUID)
+        # The file says where it came from: the sender's implementation and AE title, and ours.
+        meta = stored.file_meta
+        assert meta.ImplementationClassUID.startswith("1.2.276.0.7230010.3")  # DCMTK's root
+        assert meta.ImplementationVersionName.startswith("OFFIS_DCMTK")
+        assert meta.SourceApplicationEntityTitle == meta.SendingApplicationEntityTitle == "STORESCU"
+        assert meta.ReceivingApplicationEntityTitle == server.ae_title
     # storescu sends the Implicit VR file as it is (it inflates the Deflated one itself).
     assert ImplicitVRLittleEndian in syntaxes
     assert query_study_uids(server) == {dcmread(p).StudyInstanceUID for p in originals.values()}
+
+
+def test_fsqr_names_itself_in_every_association_it_accepts_or_opens(
+    root: Path, start_server: Callable[..., Server], connect: Callable[..., Any]
+) -> None:
+    """Not as pynetdicom: a peer's log and its workarounds must see which implementation
+    this is (PS3.7 D.3.3.2)."""
+    assoc = connect(start_server(root))
+    assert assoc.acceptor.implementation_class_uid == IMPLEMENTATION_CLASS_UID
+    assert assoc.acceptor.implementation_version_name == IMPLEMENTATION_VERSION_NAME
+    assert IMPLEMENTATION_VERSION_NAME.startswith("FSQR_")
+    opener = requestor_ae(Config())  # C-MOVE's sub-associations
+    assert opener.implementation_class_uid == IMPLEMENTATION_CLASS_UID
+    assert opener.implementation_version_name == IMPLEMENTATION_VERSION_NAME
 
 
 def query_study_uids(server: Server) -> set[str]:

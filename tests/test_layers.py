@@ -10,11 +10,13 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fsqr"
 
-# Who may import whom inside fsqr (beyond the shared leaves records, keys, status, errors, tree).
-LEAVES = {"records", "keys", "status", "errors", "tree"}
+# Who may import whom inside fsqr (beyond the shared leaves records, keys, status, errors, tree,
+# implementation).
+LEAVES = {"records", "keys", "status", "errors", "tree", "implementation"}
 ALLOWED = {
     "keys": set(),
     "tree": set(),  # the files of a served tree and the walk that finds them
+    "implementation": set(),  # who fsqr says it is, in associations and in the files it writes
     "records": {"keys"},
     "status": set(),
     "errors": {"status"},
@@ -74,7 +76,7 @@ ALLOWED = {
     "worklist": LEAVES | {"matching", "scan"},
     "cli": {"config", "server", "inventory"},
     "pytest_plugin": {"server", "reactor"},
-    "conformance": {"status", "config", "keys", "matching", "server"},
+    "conformance": {"status", "config", "keys", "matching", "server", "implementation"},
     "__main__": {"cli"},
     "__init__": {"server", "config"},
 }
