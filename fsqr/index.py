@@ -116,6 +116,9 @@ class Counts:
 @dataclass(slots=True, eq=False)
 class _SeriesNode:
     record: Series
+    # The file whose attributes `record` last took: when it goes and others stay, the record
+    # is read again from one of them (`stale_sources`), so that what it says is on disk.
+    source: Instance | None = None
     # SOP Instance UIDs, in the order indexed; the records are in Index._served. A list, not a
     # dict: a dict entry per instance would cost a twentieth of the index.
     instances: list[str] = field(default_factory=list)
@@ -129,6 +132,7 @@ class _StudyNode:
     # attributes are attributes of the study (PS3.4 C.6.2.1.2), and two studies filed under one
     # PatientID may well say different names. The patient's own node holds the latest of all.
     patient: Patient
+    source: Instance | None = None  # the file `record` and `patient` last came from
     series: dict[str, _SeriesNode] = field(default_factory=dict)
     instances: int = 0
 
@@ -139,6 +143,7 @@ class _PatientNode:
     # Patients are held in the order first indexed; this says where, to keep that order when
     # patients are found by name.
     order: int
+    source: Instance | None = None  # the file `record` last came from
     studies: dict[str, _StudyNode] = field(default_factory=dict)
     instances: int = 0
 
@@ -162,6 +167,9 @@ class Index:
         self._files: dict[str, dict[str, Instance]] = {}
         # Copies of an already-served SOP Instance UID, oldest first, waiting to be revealed.
         self._waiting: dict[str, list[Parsed]] = {}
+        # Nodes whose source file is gone while other files keep them: their records are to be
+        # read again from a file still there (`stale_sources`, `refresh`).
+        self._stale: dict[int, _SeriesNode | _StudyNode | _PatientNode] = {}
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -246,6 +254,45 @@ class Index:
                     self._move_path(old_path, new_path)
             return len(moves)
 
+    def stale_sources(self) -> list[str]:
+        """Files to read again, and hand to `refresh`: one for each patient, study or series
+        whose records came from a file that is gone while other files keep it, the latest
+        indexed of those (so the records say what a file on disk says). Each is told once."""
+        with self._lock:
+            stale, self._stale = self._stale, {}
+            paths: dict[str, None] = {}
+            for node in stale.values():
+                if node.source is not None:
+                    continue  # a later file gave it records since
+                below = (
+                    next(reversed(node.studies.values()))
+                    if isinstance(node, _PatientNode)
+                    else node
+                )
+                series = (
+                    next(reversed(below.series.values()))
+                    if isinstance(below, _StudyNode)
+                    else below
+                )
+                assert isinstance(series, _SeriesNode)
+                paths[self._served[series.instances[-1]].path] = None
+            return list(paths)
+
+    def refresh(self, parsed: Parsed) -> bool:
+        """Take the records of a file read again for `stale_sources`, if it is still the copy
+        served, unchanged since indexed; True if they were taken."""
+        fresh = parsed.instance
+        with self._lock:
+            served = self._served.get(fresh.sop_instance_uid)
+            if served is None or served.path != fresh.path:
+                return False
+            if served.series_uid != fresh.series_uid:
+                return False  # rewritten, its size and mtime kept: its own event says so
+            if (served.size, served.mtime_ns) != (fresh.size, fresh.mtime_ns):
+                return False  # changed since: its own event indexes it again
+            self._nodes(parsed, served)
+            return True
+
     def _move_path(self, old_path: str, new_path: str) -> None:
         self._remove_path(new_path)
         old = self._unfile(old_path)
@@ -264,6 +311,11 @@ class Index:
         uid = old.sop_instance_uid
         if self._served.get(uid) is old:
             self._served[uid] = new
+            series = self._series[old.series_uid]
+            study = self._studies[series.record.study_uid]
+            for node in (series, study, self._patients[study.record.patient_id]):
+                if node.source is old:
+                    node.source = new
         else:
             self._waiting[uid] = [
                 replace(p, instance=new) if p.instance is old else p for p in self._waiting[uid]
@@ -319,21 +371,32 @@ class Index:
         return instance
 
     def _link(self, parsed: Parsed) -> None:
-        # The latest file's attributes win at every level: what is on disk is what is served.
-        # But a series stays in the study it was first filed under, and a study with its first
-        # patient, whatever a later file says: each record keeps the links of its node, so
-        # that every node is found under its parent and no parent is left empty.
         p, st, se = parsed.patient, parsed.study, parsed.series
         series = self._series.get(se.series_uid)
         if series is not None and series.record is se:
             # The very records its series was last filed with (the files of a snapshot or of a
-            # scan's chunk share them): only the instance is new.
+            # scan's chunk share them): only the instance is new, and the sources stand.
             its_study = self._studies[se.study_uid]
             if its_study.record is st and its_study.patient is p:
                 its_patient = self._patients[st.patient_id]
                 if its_patient.record is p:
                     self._link_instance(parsed.instance, series, its_study, its_patient)
                     return
+        self._link_instance(parsed.instance, *self._nodes(parsed, parsed.instance))
+
+    def _nodes(
+        self, parsed: Parsed, source: Instance
+    ) -> tuple[_SeriesNode, _StudyNode, _PatientNode]:
+        """The nodes `parsed` is filed under, made where missing, their records now `parsed`'s
+        (taken from the file `source`).
+
+        The latest file's attributes win at every level: what is on disk is what is served.
+        But a series stays in the study it was first filed under, and a study with its first
+        patient, whatever a later file says: each record keeps the links of its node, so
+        that every node is found under its parent and no parent is left empty.
+        """
+        p, st, se = parsed.patient, parsed.study, parsed.series
+        series = self._series.get(se.series_uid)
         study = (
             self._studies[series.record.study_uid] if series else self._studies.get(st.study_uid)
         )
@@ -341,29 +404,37 @@ class Index:
             self._patients[study.record.patient_id] if study else self._patients.get(p.patient_id)
         )
         if patient is None:
-            patient = self._patients[p.patient_id] = _PatientNode(p, self._patients_made)
+            patient = self._patients[p.patient_id] = _PatientNode(p, self._patients_made, source)
             self._patients_made += 1
             self._names.add(p.patient_id, p.values[_NAME])
         elif patient.record.patient_id == p.patient_id:
             self._rename(p.patient_id, patient.record, p)
             patient.record = p
+            self._sourced(patient, source)
         if study is None:
-            study = self._studies[st.study_uid] = _StudyNode(st, p)
+            study = self._studies[st.study_uid] = _StudyNode(st, p, source)
             patient.studies[st.study_uid] = study
             self._names.add(p.patient_id, p.values[_NAME])
         elif study.record.study_uid == st.study_uid:
             held = study.record.patient_id
             study.record = st if st.patient_id == held else replace(st, patient_id=held)
+            self._sourced(study, source)
             if p.patient_id == held:  # a file that disagrees on the patient does not rename it
                 self._rename(held, study.patient, p)
                 study.patient = p
         if series is None:
-            series = self._series[se.series_uid] = _SeriesNode(se)
+            series = self._series[se.series_uid] = _SeriesNode(se, source)
             study.series[se.series_uid] = series
         else:
             held = series.record.study_uid
             series.record = se if se.study_uid == held else replace(se, study_uid=held)
-        self._link_instance(parsed.instance, series, study, patient)
+            self._sourced(series, source)
+        return series, study, patient
+
+    def _sourced(self, node: _SeriesNode | _StudyNode | _PatientNode, source: Instance) -> None:
+        node.source = source
+        if self._stale:
+            self._stale.pop(id(node), None)
 
     def _rename(self, patient_id: str, old: Patient, new: Patient) -> None:
         """Keep the names index in step when a record of `patient_id` goes from `old` to `new`."""
@@ -401,6 +472,12 @@ class Index:
         if not patient.studies:
             del self._patients[patient.record.patient_id]
             self._names.remove(patient.record.patient_id, patient.record.values[_NAME])
+        nodes: tuple[_SeriesNode | _StudyNode | _PatientNode, ...] = (series, study, patient)
+        kept = (series.instances, study.series, patient.studies)
+        for node, left in zip(nodes, kept, strict=True):
+            if node.source is instance and left:  # others keep it: its records may be stale
+                node.source = None
+                self._stale[id(node)] = node
 
     # -- reading ---------------------------------------------------------------------------
 

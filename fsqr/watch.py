@@ -399,6 +399,8 @@ class Watcher:
                     self.reconcile(self._root, settle=True, whole=False)
                     next_poll = time.monotonic() + self.poll_interval
                 self._run_timers(time.monotonic())
+                if self._queue.empty():  # after a burst of changes, not during it
+                    self._refresh_records()
             except Exception:  # the edge: one bad change must not stop the watcher
                 log.exception("watching %s: cannot apply %s", self.root, change)
 
@@ -421,6 +423,14 @@ class Watcher:
             log.debug("not following %s: a symbolic link", path)
         else:
             self._schedule(path, writing=False, stamp=_stamp(path))
+
+    def _refresh_records(self) -> None:
+        """A patient, study or series whose records came from a file now gone takes them from
+        a file still there, as a restart would (`Index.stale_sources`)."""
+        for path in self.index.stale_sources():
+            result = read_header(path)
+            if isinstance(result, Parsed) and self.index.refresh(result):
+                log.debug("records read again from %s: the file they came from is gone", path)
 
     def _removed(self, path: str, is_dir: bool) -> None:
         self._forget(path, under=is_dir)

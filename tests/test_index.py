@@ -298,3 +298,41 @@ def test_an_instance_crosses_pickle_whole_as_the_scan_workers_send_it() -> None:
     assert sent == made and sent.path == "/d/a.dcm"
     assert (sent.size, sent.mtime_ns, sent.get("InstanceNumber")) == (10, 20, "7")
     assert made.values[0] is made.sop_instance_uid
+
+
+def test_records_whose_file_is_gone_are_read_again_from_one_still_there(
+    write: Callable[..., Path],
+) -> None:
+    older = write("older.dcm", n=1, patient_name="DOE^OLD", series_description="OLD")
+    newer = write("newer.dcm", n=2, patient_name="DOE^NEW", series_description="NEW")
+    index = Index()
+    index.add(parsed(older))
+    index.add(parsed(newer))
+    (patient,) = index.entities(Level.PATIENT, {})
+    assert patient.patient.get("PatientName") == "DOE^NEW"
+    index.move(str(newer), str(newer) + ".moved")  # a rename keeps the records' source
+    assert index.stale_sources() == []
+    index.remove_path(str(newer) + ".moved")
+    assert index.stale_sources() == [str(older)]  # one file for the patient, study and series
+    assert index.stale_sources() == []  # told once
+    assert index.refresh(parsed(older))
+    (patient,) = index.entities(Level.PATIENT, {})
+    (series,) = index.entities(Level.SERIES, {})
+    assert series.series is not None
+    names = patient.patient.get("PatientName"), series.series.get("SeriesDescription")
+    assert names == ("DOE^OLD", "OLD")
+    index.remove_path(str(older))  # the last: nothing is left to read again
+    assert index.stale_sources() == []
+
+
+def test_a_file_read_again_is_refused_if_it_changed_since_indexed(
+    write: Callable[..., Path],
+) -> None:
+    older = write("older.dcm", n=1, patient_name="DOE^OLD")
+    newer = write("newer.dcm", n=2, patient_name="DOE^NEW")
+    index = Index()
+    index.add_many([parsed(older), parsed(newer)])
+    index.remove_path(str(newer))
+    assert index.stale_sources() == [str(older)]
+    write("older.dcm", n=1, patient_name="DOE^REWRITTEN", study_description="longer now")
+    assert not index.refresh(parsed(older))  # its own event indexes it again

@@ -18,6 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+)
 
 from fsqr import watch
 from fsqr.keys import Level
@@ -374,3 +379,39 @@ def test_a_dead_file_watcher_falls_back_to_rescans(
     assert any("stopped" in r.getMessage() for r in caplog.records)
     os.rename(live.make("a.dcm"), live.root / "a.dcm")
     assert wait_until(live.served_at(sop(1), live.root / "a.dcm"), timeout=10)
+
+
+def find_values(server: Server, level: str, *keywords: str) -> list[tuple[str, ...]]:
+    """Every answer to a C-FIND at `level` (Patient Root) returning `keywords`, as text."""
+    ae = AE(ae_title="FINDSCU")
+    ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title=server.ae_title)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = level
+    identifier.PatientID = "PID1"
+    for keyword in keywords:
+        setattr(identifier, keyword, "")
+    found = [
+        tuple(str(answer.get(k, "")) for k in keywords)
+        for _, answer in assoc.send_c_find(identifier, PatientRootQueryRetrieveInformationModelFind)
+        if answer is not None
+    ]
+    assoc.release()
+    return found
+
+
+def test_records_come_from_a_file_still_there_once_theirs_is_deleted(live: Live) -> None:
+    """The latest file's attributes are served at every level; once that file is deleted, a
+    file still on disk says what they are, not the one that is gone."""
+    older, newer = live.root / "older.dcm", live.root / "newer.dcm"
+    os.rename(live.make("o.dcm", 1, patient_name="DOE^OLD", study_description="OLD"), older)
+    assert wait_until(live.served_at(sop(1), older))
+    os.rename(live.make("n.dcm", 2, patient_name="DOE^NEW", study_description="NEW"), newer)
+    assert wait_until(live.served_at(sop(2), newer))
+    server = live.server
+    assert find_values(server, "PATIENT", "PatientName") == [("DOE^NEW",)]
+    assert find_values(server, "STUDY", "PatientName", "StudyDescription") == [("DOE^NEW", "NEW")]
+    newer.unlink()
+    assert wait_until(lambda: find_values(server, "PATIENT", "PatientName") == [("DOE^OLD",)])
+    assert find_values(server, "STUDY", "PatientName", "StudyDescription") == [("DOE^OLD", "OLD")]
+    assert server.index.stale_sources() == []  # told once
