@@ -18,10 +18,12 @@ import functools
 import logging
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
+from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import evt
@@ -63,7 +65,13 @@ from fsqr.links import (
     requestor_ae,
 )
 from fsqr.operations import Operations, Served, Started
-from fsqr.query import find, instances_to_retrieve, parse_identifier, parse_retrieve_identifier
+from fsqr.query import (
+    UNDECODABLE,
+    find,
+    instances_to_retrieve,
+    parse_identifier,
+    parse_retrieve_identifier,
+)
 from fsqr.scan import HeaderCache
 from fsqr.storage import Receiver
 from fsqr.worklist import Worklist, find_worklist
@@ -88,11 +96,29 @@ def failure(code: int, comment: str) -> Dataset:
 
 
 def _identifier(event: Any) -> Dataset:
-    """The request's identifier; bytes that do not decode as a data set are the peer's error."""
+    """The request's identifier; bytes that do not decode as a data set are the peer's error,
+    and so is a Specific Character Set pydicom does not know: it would only warn, and decode
+    the values as something other than the SCU meant. (Checked on every call: pynetdicom
+    decodes the identifier once, and warns only then.)"""
     try:
-        return cast(Dataset, event.identifier)
+        identifier = cast(Dataset, event.identifier)
     except Exception as exc:
         raise InvalidIdentifier(f"cannot decode the identifier: {exc}") from None
+    declared = identifier.get(0x00080005)  # Specific Character Set, as an element
+    if declared is not None and declared.value:
+        terms = [str(t) for t in _values_of(declared.value)]
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            convert_encodings(terms)
+        for warning in warned:
+            message = str(warning.message)
+            if any(problem in message for problem in UNDECODABLE):
+                raise InvalidIdentifier(message)
+    return identifier
+
+
+def _values_of(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, MultiValue)) else [value]
 
 
 def _explained_keys(identifier: Dataset) -> list[explain.Key]:

@@ -19,7 +19,8 @@ Choices where PS3.4 leaves the SCP free (they belong in the Conformance Statemen
 - A multi-valued key matches when any of its values matches any stored value (the semantics are
   undefined without Extended Negotiation of Multiple Value Matching, C.2.2.2.8 Note 4; "any"
   is what List of UID Matching does too).
-- Range Matching ignores the UTC offset of DT values, treats a partial bound as covering its
+- Range Matching compares DT values in UTC where the key and the value both give their offset
+  from UTC, and as written where either leaves it out; it treats a partial bound as covering its
   whole period ("-1100" includes 11:00:59; "2020" as a DA is the whole year) and treats a
   single DA/TM/DT value as the range from it to itself, so "10" as a TM matches any time in
   hour 10.
@@ -29,10 +30,12 @@ Choices where PS3.4 leaves the SCP free (they belong in the Conformance Statemen
 
 from __future__ import annotations
 
+import calendar
 import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 
@@ -207,7 +210,7 @@ def match_wildcard(pattern: str, value: str) -> bool:
 
 
 @lru_cache(maxsize=4096)
-def match_wildcard_compiled(pattern: str) -> Matcher:
+def match_wildcard_compiled(pattern: str, *, padded: bool = False) -> Matcher:
     """Compile a wild card pattern into a test that takes linear time in the value's length.
 
     A regular expression with several "*" can backtrack for a very long time on a long text
@@ -219,8 +222,12 @@ def match_wildcard_compiled(pattern: str) -> Matcher:
     >>> test = match_wildcard_compiled("*A?C*E")
     >>> test("xxABCxE"), test("ABCE"), test("ACE")
     (True, True, False)
+
+    `padded`: the value is a name group whose left-out components were added back as `_PAD`
+    (`_pad_components`): a "^" of the pattern matches them, a "*" spans them, and nothing else
+    does, "?" included: they are not characters of the value (PS3.4 C.2.2.2.4).
     """
-    pieces = [_Piece(p) for p in pattern.split("*")]
+    pieces = [_Piece(p, padded) for p in pattern.split("*")]
     if len(pieces) == 1:
         return pieces[0].is_whole
     head, *middle, tail = pieces
@@ -246,12 +253,19 @@ class _Piece:
 
     __slots__ = ("regex", "size", "text")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, padded: bool = False) -> None:
         self.text = text
         self.size = len(text)
+        any_character, caret = ("[^" + _PAD + "]", "[\\^" + _PAD + "]") if padded else (".", "\\^")
+        needs_regex = "?" in text or (padded and "^" in text)
         self.regex = (
-            re.compile("".join("." if c == "?" else re.escape(c) for c in text), re.DOTALL)
-            if "?" in text
+            re.compile(
+                "".join(
+                    any_character if c == "?" else caret if c == "^" else re.escape(c) for c in text
+                ),
+                re.DOTALL,
+            )
+            if needs_regex
             else None
         )
 
@@ -335,16 +349,31 @@ def _name_groups(name: str) -> tuple[str, ...]:
     return tuple(groups)
 
 
+# The components a name group leaves out, added back for matching: a private-use character
+# that no folded name holds, so that only a "^" or a "*" of the key matches it.
+_PAD = "\ue000"
+
+
 def _pad_components(group: str) -> str:
     """A name group with all five components, so that "DOE^*" also matches a bare "DOE"."""
-    return group + "^" * max(0, 4 - group.count("^"))
+    return group + _PAD * max(0, 4 - group.count("^"))
 
 
 def _group_test(key_group: str) -> Callable[[str], bool]:
+    """A folded key group with a wild card against a folded name group: "DOE^*" matches "DOE"
+    (left-out components are empty ones), but "DOE?*" and "????" do not match "DOE" and "",
+    as "?" is one character of the value.
+
+    >>> [_group_test(k)("doe") for k in ("doe^*", "doe?*", "doe^???", "d?e", "*")]
+    [True, False, False, True, True]
+    >>> [_group_test(k)("") for k in ("????", "?*", "^*")]
+    [False, False, True]
+    """
     if not _has_wildcard(key_group):
         return key_group.__eq__
     glob = match_wildcard_compiled(key_group)
-    return lambda group: glob(group) or glob(_pad_components(group))
+    padded = match_wildcard_compiled(key_group, padded=True)
+    return lambda group: glob(group) or padded(_pad_components(group))
 
 
 NameTest = Callable[[tuple[str, ...]], bool]
@@ -499,7 +528,7 @@ def _instant(vr: str, text: str, fill: str) -> str | None:
     elif vr == "TM":
         text = text.replace(":", "")  # PS3.5 Table 6.2-1 TM Note: ACR-NEMA "HH:MM:SS.frac"
     else:
-        text = _DT_OFFSET.sub("", text)  # our choice: the UTC offset is ignored
+        text = _DT_OFFSET.sub("", text)  # the clock time as written (see `_utc`)
     whole, _, fraction = text.partition(".")
     whole_digits, fraction_digits = _PRECISION[vr]
     if not _digits(whole, whole_digits) or (fraction and not _digits(fraction, fraction_digits)):
@@ -551,6 +580,8 @@ def _range_matcher(vr: str, keys: Iterable[str]) -> Matcher:
     ranges = [b for b in (_bounds(vr, k) for k in keys) if b is not None]
     if not ranges:
         return _never  # only malformed ranges: nothing matches, nothing raises
+    if vr == "DT":
+        return _dt_range_matcher([k for k in keys if _bounds(vr, k) is not None], ranges)
 
     def test(value: str) -> bool:
         instant = _instant(vr, value, "0")
@@ -560,3 +591,72 @@ def _range_matcher(vr: str, keys: Iterable[str]) -> Matcher:
         )
 
     return _each_value(test, split=True, strip=str.strip)
+
+
+def _dt_range_matcher(keys: list[str], ranges: list[tuple[str | None, str | None]]) -> Matcher:
+    """DT: where the key's bound and the stored value both give their offset from UTC, they
+    are compared as instants in UTC (PS3.4 C.2.2.2.5: the offset "shall be taken into
+    account"); where either leaves it out, its zone is not known, and the clock times are
+    compared as written.
+
+    >>> m = matcher("DT", "20240115225951.5+0000")
+    >>> m("20240115235951.5+0100"), m("20240115235951.5-0500"), m("20240115225951.5")
+    (True, False, True)
+    >>> matcher("DT", "2024011523+0100-2024011523+0100")("20240115223000+0000")
+    True
+    """
+    utc_ranges = []
+    for key, (low, high) in zip(keys, ranges, strict=True):
+        parts = _dt_range_parts(key)
+        low_utc = _utc(parts[0], low, "0") if low is not None else None
+        high_utc = _utc(parts[-1], high, "9") if high is not None else None
+        utc_ranges.append((low, high, low_utc, high_utc))
+
+    def test(value: str) -> bool:
+        instant = _instant("DT", value, "0")
+        if instant is None:
+            return False
+        at_utc = _utc(value, instant, "0")
+        for low, high, low_utc, high_utc in utc_ranges:
+            below = (low_utc, at_utc) if low_utc and at_utc else (low, instant)
+            above = (at_utc, high_utc) if high_utc and at_utc else (instant, high)
+            if (below[0] is None or below[0] <= below[1]) and (
+                above[1] is None or above[0] <= above[1]
+            ):
+                return True
+        return False
+
+    return _each_value(test, split=True, strip=str.strip)
+
+
+def _dt_range_parts(key: str) -> list[str]:
+    """A DT key's one or two bound texts, as `_bounds` cuts it."""
+    if _is_utc_offset(key.strip()) and _instant("DT", key, "0") is not None:
+        return [key]
+    found = _DT_RANGE.fullmatch(key)
+    return list(found.groups()) if found else [key]
+
+
+def _utc(text: str, instant: str, fill: str) -> str | None:
+    """`instant` (as `_instant` made it from the DT `text`) moved to UTC, at full precision;
+    None when `text` gives no offset from UTC. A bound filled with "9"s is first brought to
+    the last valid moment it stands for (month 12, the month's last day, 23:59:59)."""
+    found = _DT_OFFSET.search(text.strip())
+    if found is None or not _is_utc_offset(text.strip()):
+        return None
+    sign, hours, minutes = found.groups()
+    digits, fraction = instant.split(".")
+    year, month, day = int(digits[:4]), int(digits[4:6]), int(digits[6:8])
+    month = min(max(month, 1), 12)
+    last_day = calendar.monthrange(year, month)[1] if 1 <= year <= 9999 else 28
+    day = min(max(day, 1), last_day)
+    hour, minute, second = int(digits[8:10]), int(digits[10:12]), int(digits[12:14])
+    try:
+        moment = datetime(
+            year, month, day, min(hour, 23), min(minute, 59), min(second, 59), int(fraction)
+        )
+    except ValueError:
+        return None
+    offset = timedelta(hours=int(hours), minutes=int(minutes))
+    moment = moment - offset if sign == "+" else moment + offset
+    return moment.strftime("%Y%m%d%H%M%S") + f".{moment.microsecond:06d}"

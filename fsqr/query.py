@@ -17,6 +17,7 @@ from typing import Any
 from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as Items
 from pydicom.tag import Tag
 
 from fsqr.errors import InvalidIdentifier
@@ -40,6 +41,12 @@ INSTANCE_AVAILABILITY = 0x00080056
 _FILLED_BY_US = frozenset(
     {QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET, RETRIEVE_AE_TITLE, INSTANCE_AVAILABILITY}
 )
+# Query/Retrieve View selects a view of Enhanced Multi-frame images, and only after Extended
+# Negotiation of that (C.4.1.1.3.1), which fsqr does not accept: not a key, so ignored.
+QUERY_RETRIEVE_VIEW = 0x00080053
+# Timezone Offset From UTC in a request says which zone its times are in (C.2.2.2.5): not a
+# key either. It is returned as each file says, which tells the zone of the times returned.
+TIMEZONE_OFFSET_FROM_UTC = 0x00080201
 _WILDCARDS = frozenset("*?")
 UTF8 = "ISO_IR 192"
 
@@ -70,18 +77,20 @@ class Query:
     level: Level
     keys: tuple[QueryKey, ...]
     relational: bool
+    private_keys: tuple[int, ...] = ()  # neither matched nor returned
 
     def keys_not_matched(self) -> list[str]:
         """The keys that ask for matching (a value other than universal) that this query cannot
         do: a key of a level below the query's, a computed key of another level, a value inside
-        a sequence's item. PS3.4 C.4.1.1.4 has the SCP say so, FF01 in each pending response.
+        a sequence's item; and private keys, not even returned. PS3.4 C.4.1.1.4 has the SCP
+        say so, FF01 in each pending response.
         """
         return [
             key.keyword or str(Tag(key.tag))
             for key in self.keys
             if (key.vr == "SQ" and _items_hold_values(key.element))
             or (key.source is Source.NONE and not is_universal(key.vr, key.pattern))
-        ]
+        ] + [str(Tag(tag)) for tag in self.private_keys]
 
     def narrowing(self) -> dict[Level, Sequence[str]]:
         """Unique-key values that let the index look entities up instead of scanning."""
@@ -116,13 +125,18 @@ def parse_identifier(identifier: Dataset, model: Model, *, relational: bool) -> 
     """
     level = _query_level(identifier, model)
     keys = []
+    private_keys = []
     tags = identifier.keys()  # iterating a Dataset yields elements, decoding each one
     for tag in tags:
-        if tag.group in (0x0000, 0x0002) or tag in _FILLED_BY_US or tag.is_private:
+        if tag.group in (0x0000, 0x0002) or tag in _FILLED_BY_US or tag == QUERY_RETRIEVE_VIEW:
+            continue
+        if tag.is_private:
+            if tag.element > 0x00FF:  # a private creator (gggg,00xx) is no key of its own
+                private_keys.append(int(tag))
             continue
         element = _decoded(identifier, tag)
         keys.append(_query_key(element, model, level))
-    query = Query(model, level, tuple(keys), relational)
+    query = Query(model, level, tuple(keys), relational, tuple(private_keys))
     if not relational:
         _check_hierarchical(query)
     return query
@@ -147,7 +161,7 @@ def _query_level(identifier: Dataset, model: Model) -> Level:
 
 # What pydicom only warns of while decoding a value, but that leaves it other than the SCU
 # meant: a character set it does not know, bytes that character set cannot decode.
-_UNDECODABLE = ("Unknown encoding", "Failed to decode", "cannot be used as code extension")
+UNDECODABLE = ("Unknown encoding", "Failed to decode", "cannot be used as code extension")
 
 
 def _decoded(identifier: Dataset, tag: int) -> DataElement:
@@ -166,14 +180,14 @@ def _decoded(identifier: Dataset, tag: int) -> DataElement:
         raise InvalidIdentifier(f"cannot decode {where}: {exc}") from None
     for warning in warned:
         message = str(warning.message)
-        if any(problem in message for problem in _UNDECODABLE):
+        if any(problem in message for problem in UNDECODABLE):
             raise InvalidIdentifier(f"cannot decode {where}: {message}")
     return element
 
 
 def _query_key(element: DataElement, model: Model, level: Level) -> QueryKey:
     table_key: Key | None = KEY_BY_TAG.get(element.tag)
-    pattern = element_text(element)
+    pattern = "" if element.tag == TIMEZONE_OFFSET_FROM_UTC else element_text(element)
     if table_key is None:
         # Not in the key tables: read from the matched entity's files, at the query level.
         return QueryKey(
@@ -423,7 +437,9 @@ def response(query: Query, view: View, ae_title: str, headers: HeaderCache) -> D
             header = headers.get(view.first_path)
             found = header.get(key.tag) if header is not None else None
             ds.add(
-                with_items_decoded(found) if found is not None else _element(key.tag, key.vr, "")
+                _requested(key.element, found)
+                if found is not None
+                else _element(key.tag, key.vr, "")
             )
             continue
         ds.add(_element(key.tag, key.vr, _value_text(key, view, headers)))
@@ -441,6 +457,25 @@ def response(query: Query, view: View, ae_title: str, headers: HeaderCache) -> D
         # Values are held decoded; UTF-8 carries every repertoire, whatever the file used.
         ds.SpecificCharacterSet = UTF8
     return ds
+
+
+def _requested(key: DataElement, found: DataElement) -> DataElement:
+    """What a file holds for a key read from it. For a sequence, each item holds only the
+    attributes the key's item asks for (PS3.4 C.2.2.2.6), with nested sequences alike; a key
+    with no item, or an empty one, asks for the whole sequence. Every item is returned: fsqr
+    does not match inside sequences (such a key gets FF01)."""
+    found = with_items_decoded(found)
+    if key.VR != "SQ" or found.VR != "SQ" or not key.value or not len(key.value[0]):
+        return found
+    wanted = [e for e in key.value[0] if e.tag != SPECIFIC_CHARACTER_SET]
+    items = []
+    for stored in found.value or ():
+        item = Dataset()
+        for asked in wanted:
+            held = stored.get(asked.tag)
+            item.add(_element(asked.tag, asked.VR, "") if held is None else _requested(asked, held))
+        items.append(item)
+    return DataElement(found.tag, "SQ", Items(items))
 
 
 # The binary numeric VRs (PS3.5 6.2): held as text like every value, encoded as numbers.

@@ -360,6 +360,53 @@ def test_an_undecodable_identifier_fails(assoc: Any) -> None:
     assert "cannot decode" in status.ErrorComment
 
 
+@pytest.mark.dcmtk
+def test_a_character_set_pydicom_does_not_know_fails(sample_server: Server, tmp_path: Path) -> None:
+    """Not decoded as something else and answered: A900, saying why (README, "Failures")."""
+    done = subprocess.run(
+        [
+            dcmtk("findscu"), "-v", "-S",
+            "-k", "QueryRetrieveLevel=STUDY",
+            "-k", "SpecificCharacterSet=ISO_IR 999",
+            "-k", b"PatientName=M\xfcller*",
+            "127.0.0.1", str(sample_server.port),
+        ],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    said = (done.stdout + done.stderr).decode("latin-1")
+    assert "Final Find Response (Error: DataSetDoesNotMatchSOPClass)" in said, said  # A900
+    assert "Unknown encoding 'ISO_IR 999'" in sample_server.operations[-1].comment
+
+
+def test_a_private_key_is_neither_matched_nor_returned_and_every_match_says_so(
+    assoc: Any,
+) -> None:
+    """FF01 (PS3.4 C.4.1.1.4): the SCU learns its private key was not used, not just dropped."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientID = "FSQR0002"
+    ds.add_new(0x00090010, "LO", "ACME")  # the private creator: not a key of its own
+    ds.add_new(0x00091010, "LO", "NOMATCH")
+    statuses = [int(status.Status) for status, _ in assoc.send_c_find(ds, STUDY_ROOT)]
+    assert statuses == [0xFF01, 0x0000]
+
+
+def test_keys_that_are_not_keys_do_not_narrow_the_answer(assoc: Any) -> None:
+    """Timezone Offset From UTC says which zone a query's times are in; Query/Retrieve View
+    needs Extended Negotiation fsqr does not accept. Neither is matched on (C.2.2.2.5,
+    C.4.1.1.3.1): each matched every study away before."""
+    plain = query(assoc, QueryRetrieveLevel="STUDY", PatientID="FSQR0002")
+    zoned = query(
+        assoc, QueryRetrieveLevel="STUDY", PatientID="FSQR0002", TimezoneOffsetFromUTC="+0900"
+    )
+    viewed = query(
+        assoc, QueryRetrieveLevel="STUDY", PatientID="FSQR0002", QueryRetrieveView="CLASSIC"
+    )
+    assert zoned[0] == viewed[0] == plain[0] == [0xFF00, 0x0000]
+    assert [a.StudyInstanceUID for a in zoned[1]] == [a.StudyInstanceUID for a in plain[1]]
+    assert "QueryRetrieveView" not in viewed[1][0]
+
+
 def test_relational_query_when_negotiated(sample_server: Server) -> None:
     ae = AE(ae_title="PYCLIENT")
     ae.add_requested_context(STUDY_ROOT)

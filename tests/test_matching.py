@@ -205,6 +205,11 @@ def test_match_wildcard(pattern: str, value: str, expected: bool) -> None:
         ("DOE^JOHN", "SMITH^ANN\\DOE^JOHN", True),  # Other Patient Names: any value
         ("DOE*", "", False),
         ("^", "DOE^JOHN", True),  # nothing left once folded: universal
+        ("DOE?*", "DOE", False),  # "?" is a character of the value, not a left-out component
+        ("DOE^???", "DOE", False),
+        ("????", "", False),
+        ("?*", "", False),
+        ("D?E^*", "DOE", True),
     ],
     ids=[
         "exact",
@@ -239,6 +244,11 @@ def test_match_wildcard(pattern: str, value: str, expected: bool) -> None:
         "multi-valued",
         "absent-value",
         "components-empty",
+        "question-not-a-missing-component",
+        "questions-not-missing-components",
+        "questions-not-an-absent-name",
+        "question-star-not-an-absent-name",
+        "question-then-missing-component",
     ],
 )
 def test_person_name_matching(pattern: str, value: str, expected: bool) -> None:
@@ -336,8 +346,13 @@ def test_uid_list_matching(pattern: str, value: str, expected: bool) -> None:
         ("DT", "20200101120000-", "20200101120000", True),
         ("DT", "-20200101120000", "20200101120001", False),
         ("DT", "20200101-0500", "20200101080000", True),  # one value with a UTC offset
-        ("DT", "20200101120000+0100", "20200101120000-0500", True),  # offsets ignored
+        ("DT", "20200101120000+0100", "20200101120000-0500", False),  # 6 h apart in UTC
+        ("DT", "20200101110000+0000", "20200101120000+0100", True),  # the same instant
+        ("DT", "20200101120000+0100", "20200101120000", True),  # one zone unknown: as written
         ("DT", "20200101000000+0100-20200101235959+0100", "20200101123000", True),
+        ("DT", "2020010123+0100-2020010123+0100", "20200101223000+0000", True),  # an hour
+        ("DT", "2020010123+0100-2020010123+0100", "20200101233000+0000", False),
+        ("DT", "2020+1400-", "20191231100000+0000", True),  # 2020 began then, UTC+14
     ],
     ids=[
         "da-closed",
@@ -381,8 +396,13 @@ def test_uid_list_matching(pattern: str, value: str, expected: bool) -> None:
         "dt-open-upper",
         "dt-open-lower-miss",
         "dt-offset-not-range",
-        "dt-offsets-ignored",
+        "dt-offsets-in-utc",
+        "dt-offsets-same-instant",
+        "dt-one-offset-as-written",
         "dt-range-with-offsets",
+        "dt-hour-with-offset",
+        "dt-hour-with-offset-miss",
+        "dt-year-with-offset",
     ],
 )
 def test_range_matching(vr: str, pattern: str, value: str, expected: bool) -> None:

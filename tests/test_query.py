@@ -313,6 +313,38 @@ def test_text_inside_a_sequence_goes_out_in_the_answers_character_set(
     assert travelled.ProcedureCodeSequence[0].CodeMeaning == "Tórax ñandú"
 
 
+def test_a_sequence_key_returns_each_item_with_only_the_attributes_asked_for(
+    tmp_path: Path,
+) -> None:
+    """PS3.4 C.2.2.2.6: items "containing only the requested Attributes"; an item without
+    attributes, or no item, asks for the whole sequence."""
+    ds = instance(patient_id="CODES")
+    codes = []
+    for value, meaning in (("CTCHEST", "CT Chest"), ("CTABD", "CT Abdomen")):
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, "LOCAL", meaning
+        codes.append(code)
+    ds.ProcedureCodeSequence = codes
+    write_instance(ds, tmp_path / "codes.dcm")
+    index = index_of(tmp_path)
+    asked = Dataset()
+    asked.CodeValue = ""
+    asked.CodeMeaning = ""
+    asked.ContextIdentifier = ""  # not in the items: returned empty
+    (answer,) = run(index, QueryRetrieveLevel="STUDY", ProcedureCodeSequence=[asked])
+    items = answer.ProcedureCodeSequence
+    assert [(i.CodeValue, i.CodeMeaning) for i in items] == [
+        ("CTCHEST", "CT Chest"),
+        ("CTABD", "CT Abdomen"),
+    ]
+    assert all(
+        "CodingSchemeDesignator" not in i and i.ContextIdentifier in ("", None) for i in items
+    )
+    for whole in ([], [Dataset()]):
+        (answer,) = run(index, QueryRetrieveLevel="STUDY", ProcedureCodeSequence=whole)
+        assert [i.CodingSchemeDesignator for i in answer.ProcedureCodeSequence] == ["LOCAL"] * 2
+
+
 # -- at scale: keys matched on records first, counts only for what matches -------------------
 
 
