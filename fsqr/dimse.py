@@ -343,6 +343,7 @@ def keep_pace_with_the_network(assoc: Any, ahead: int = _AHEAD) -> None:
 
 
 C_CANCEL_RQ = 0x0FFF  # PS3.7 E.1: Command Field of C-CANCEL-RQ
+_CANCELLABLE = frozenset({0x0020, 0x0021, 0x0010})  # C-FIND-RQ, C-MOVE-RQ, C-GET-RQ
 
 
 class CancelRegistry:
@@ -350,38 +351,56 @@ class CancelRegistry:
 
     pynetdicom keeps cancels in a dict that it empties just before it dispatches each request,
     so a C-CANCEL that arrives while the request still waits in its queue is lost. fsqr
-    records every C-CANCEL as the DUL thread decodes it (EVT_DIMSE_RECV), and a handler asks
-    here between responses: a cancel is honoured whenever it arrives.
+    records every C-FIND, C-MOVE and C-GET request and every C-CANCEL as the DUL thread decodes
+    them (EVT_DIMSE_RECV), in the order they came, and a handler asks here between responses:
+    a cancel is honoured whenever it arrives. A cancel that names no request in progress (one
+    that crossed the final response, a Message ID never used) is ignored (PS3.7 9.3.2.3): kept,
+    it would cancel the next request that uses that Message ID.
     """
-
-    _KEEP = 16  # cancels for requests that already finished are forgotten beyond this many
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._seen: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
+        # Per association: Message IDs of requests received and not finished; of those, the
+        # ones cancelled.
+        self._open: weakref.WeakKeyDictionary[Any, set[int]] = weakref.WeakKeyDictionary()
+        self._cancelled: weakref.WeakKeyDictionary[Any, set[int]] = weakref.WeakKeyDictionary()
 
     def on_dimse_recv(self, event: Any) -> None:
         command = event.message.command_set
-        if command.get("CommandField") != C_CANCEL_RQ:
+        field = command.get("CommandField")
+        if field in _CANCELLABLE:
+            message_id = int(command.MessageID)
+            with self._lock:  # a cancel that came before this request was not for it
+                self._open.setdefault(event.assoc, set()).add(message_id)
+                self._cancelled.get(event.assoc, set()).discard(message_id)
+            return
+        if field != C_CANCEL_RQ:
             return
         message_id = int(command.MessageIDBeingRespondedTo)
+        with self._lock:
+            in_progress = message_id in self._open.get(event.assoc, ())
+            if in_progress:
+                self._cancelled.setdefault(event.assoc, set()).add(message_id)
+        if not in_progress:
+            log.info(
+                "C-CANCEL from %s for message %d ignored: no request of that ID is in progress",
+                caller(event.assoc),
+                message_id,
+            )
+            return
         log.info("C-CANCEL from %s for message %d", caller(event.assoc), message_id)
         explain.cancel_received(caller(event.assoc), message_id)
-        with self._lock:
-            seen = self._seen.setdefault(event.assoc, [])
-            seen.append(message_id)
-            del seen[: -self._KEEP]
 
     def is_cancelled(self, event: Any) -> bool:
         with self._lock:
-            return event.request.MessageID in self._seen.get(event.assoc, ())
+            return event.request.MessageID in self._cancelled.get(event.assoc, ())
 
     def forget(self, event: Any) -> None:
         """Called when a request finishes: its message ID may be used again later."""
+        message_id = event.request.MessageID
         with self._lock:
-            seen = self._seen.get(event.assoc)
-            if seen and event.request.MessageID in seen:
-                seen.remove(event.request.MessageID)
+            self._open.get(event.assoc, set()).discard(message_id)
+            self._cancelled.get(event.assoc, set()).discard(message_id)
 
 
 # -- --explain: what pynetdicom negotiated, as the plain values explain.py narrates ---------

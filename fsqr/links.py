@@ -432,9 +432,15 @@ class SubAssociation:
             # The reason first: it is what fits in a response's 64-character Error Comment.
             # pynetdicom says only that it failed; how soon tells a refusal from a timeout.
             timeouts, took = config.timeouts, time.monotonic() - started
+            answer = assoc.acceptor.primitive
             if assoc.is_rejected:
-                answer = assoc.acceptor.primitive
                 reason = f"association rejected: {getattr(answer, 'reason_str', '')}"
+            elif getattr(answer, "result", None) == 0 and assoc.rejected_contexts:
+                # Accepted, but not one context: pynetdicom then aborts (PS3.8 9.3.3.2).
+                classes = sorted({_sop_name(c.abstract_syntax) for c in assoc.rejected_contexts})
+                reason = (
+                    f"{peer.ae_title} accepted no presentation context for {', '.join(classes)}"
+                )
             elif not connected.is_set() and took >= timeouts.connect:
                 reason = f"no connection within {timeouts.connect:g} s"
             elif not connected.is_set():

@@ -336,6 +336,11 @@ def _open_checked(instance: Instance, index: Index, again: bool = True) -> tuple
                 log.debug("cannot read the meta information of %s: %s", path, exc)
                 header = None
     except FileNotFoundError:
+        current = index.instance(instance.sop_instance_uid)
+        if again and current is not None and current.path != path:
+            # Renamed or filed elsewhere since it was matched, and the index already knows
+            # where: that copy is sent.
+            return _open_checked(current, index, again=False)
         index.remove_path(path)
         raise NotSendable("the file was deleted after it was indexed") from None
     except OSError as exc:
@@ -357,6 +362,12 @@ def _open_checked(instance: Instance, index: Index, again: bool = True) -> tuple
     if now.instance.sop_instance_uid != instance.sop_instance_uid:
         raise NotSendable(
             f"the file changed after it was indexed and now holds {now.instance.sop_instance_uid}"
+        )
+    if now.instance.sop_class_uid != instance.sop_class_uid:
+        # The presentation contexts were negotiated for the class it had when matched.
+        raise NotSendable(
+            "the file changed after it was indexed and is now "
+            f"{name_of(now.instance.sop_class_uid)}, not negotiated for this transfer"
         )
     # Paths only at debug, here as everywhere in this module: see _Failures.add.
     log.info("%s changed after it was indexed; sending it as it is now", instance.sop_instance_uid)
@@ -671,18 +682,75 @@ class _Transfer:
         self.given_up = ""  # set once nothing more can be sent: every instance left fails with it
         self.ended: str | None = None  # "cancelled" or "gone": the SCU stopped the retrieve
         self.sent_again: set[str] = set()  # instances already retried after a broken link
+        # Senders with a link open, or being opened, that will ask for the next instance again:
+        # while there is one, a sender whose own link could not be opened may leave its
+        # instance to them. A sender with a link waits for those being opened before it ends,
+        # as their instances may yet come back to it.
+        self.linked = 0
+        self.opening = 0
+        self.changed = threading.Condition(self.lock)
 
-    def next_instance(self, waiting: deque[Instance]) -> Instance | None:
-        """The next instance to send, or None when there is none or the SCU stopped it all."""
+    def next_instance(self, waiting: deque[Instance], *, linked: bool) -> Instance | None:
+        """The next instance to send, or None when there is none or the SCU stopped it all.
+        `linked`: the caller holds an open link, and stops being counted in `linked` on None."""
         with self.lock:
-            if self.ended is None and self.requestor.gone():
-                self.ended = "gone"
-            elif self.ended is None and self.requestor.cancelled():
-                self.ended = "cancelled"
-            if self.ended is not None or not waiting:
+            while True:
+                if self.ended is None and self.requestor.gone():
+                    self.ended = "gone"
+                elif self.ended is None and self.requestor.cancelled():
+                    self.ended = "cancelled"
+                if self.ended is None and waiting:
+                    self.requestor.starting()
+                    return waiting.popleft()
+                if self.ended is None and linked and self.opening:
+                    self.changed.wait(1.0)
+                    continue
+                self.linked -= linked
                 return None
-            self.requestor.starting()
-            return waiting.popleft()
+
+    def open_link(
+        self,
+        open_link: Callable[[Batch], Link],
+        batch: Batch,
+        instance: Instance,
+        waiting: deque[Instance],
+    ) -> tuple[Link | None, bool]:
+        """A link for a sender that has `instance` to send, counted in `linked` while open;
+        (None, True) when it could not be opened and the instance was left to the senders with
+        links (a peer that takes fewer associations at once than `associations`, a rejection
+        it calls transient), (None, False) when it could not and all is given up."""
+        with self.lock:
+            self.linked += 1
+            self.opening += 1
+        try:
+            link = open_link(batch)
+        except Unreachable as exc:
+            with self.lock:
+                self.opening -= 1
+                self.linked -= 1
+                self.changed.notify_all()
+                if self.linked and not self.given_up:
+                    waiting.appendleft(instance)
+                    log.info("one sub-association fewer: %s", exc)
+                    return None, True
+            self.given_up = self.given_up or str(exc)
+            return None, False
+        except BaseException:
+            with self.lock:
+                self.opening -= 1
+                self.linked -= 1
+                self.changed.notify_all()
+            raise
+        with self.lock:
+            self.opening -= 1
+            self.changed.notify_all()
+        return link, False
+
+    def link_lost(self) -> bool:
+        """A sender's link broke; False: it is no longer counted in `linked`."""
+        with self.lock:
+            self.linked -= 1
+        return False
 
     def count(
         self,
@@ -778,14 +846,14 @@ def _send_over_links(
     link: Link | None = None
     delivered = 0  # responses received over the current link
     barren = 0  # links in a row that broke before any response
+    counted = False  # this sender is one of `transfer.linked`
     try:
-        while (instance := transfer.next_instance(waiting)) is not None:
+        while (instance := transfer.next_instance(waiting, linked=counted)) is not None:
             if not transfer.given_up and link is None:
-                try:
-                    link = open_link(batch)
-                    delivered = 0
-                except Unreachable as exc:
-                    transfer.given_up = transfer.given_up or str(exc)
+                link, left = transfer.open_link(open_link, batch, instance, waiting)
+                if left:
+                    return
+                counted, delivered = link is not None, 0
             if transfer.given_up or link is None:
                 transfer.count(instance, Category.FAILED, reason=transfer.given_up, attempted=False)
                 continue
@@ -803,6 +871,7 @@ def _send_over_links(
                 continue
             link.close()  # broken: the peer aborted, or a response did not come in time
             link = None
+            counted = transfer.link_lost()
             barren = barren_after_this
             if may_retry:
                 log.info("sending %s again, on a new association", instance.sop_instance_uid)
@@ -811,9 +880,12 @@ def _send_over_links(
                     waiting.appendleft(instance)
             elif not reopen or barren >= _BARREN_LINKS:
                 transfer.given_up = transfer.given_up or f"the association broke: {stored.comment}"
+        counted = False  # next_instance took it off as it found nothing more
     finally:
         if link is not None:
             link.close()
+        if counted:  # left by an exception
+            transfer.link_lost()
 
 
 def _send(instance: Instance, link: Link, transfer: _Transfer, *, may_retry: bool) -> Stored | None:

@@ -407,6 +407,25 @@ def test_keys_that_are_not_keys_do_not_narrow_the_answer(assoc: Any) -> None:
     assert "QueryRetrieveView" not in viewed[1][0]
 
 
+def test_a_cancel_that_crossed_the_final_response_does_not_cancel_the_next_request(
+    assoc: Any,
+) -> None:
+    """A C-CANCEL names a request in progress (PS3.7 9.3.2.3); one for a request that has
+    finished, or for a Message ID never used, is ignored, even when the SCU uses that Message
+    ID again (some always send 1)."""
+    keys = {"QueryRetrieveLevel": "STUDY", "PatientID": "FSQR0002"}
+    ds = Dataset()
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    first = [int(s.Status) for s, _ in assoc.send_c_find(ds, STUDY_ROOT, msg_id=1)]
+    assoc.send_c_cancel(1, query_model=STUDY_ROOT)  # too late: the find is over
+    assoc.send_c_cancel(99, query_model=STUDY_ROOT)  # no such request
+    time.sleep(0.2)  # both decoded by the server before the next request
+    again = [int(s.Status) for s, _ in assoc.send_c_find(ds, STUDY_ROOT, msg_id=1)]
+    later = [int(s.Status) for s, _ in assoc.send_c_find(ds, STUDY_ROOT, msg_id=99)]
+    assert first == again == later == [0xFF00, 0x0000]
+
+
 def test_relational_query_when_negotiated(sample_server: Server) -> None:
     ae = AE(ae_title="PYCLIENT")
     ae.add_requested_context(STUDY_ROOT)

@@ -37,6 +37,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelMove,
+    RTImageStorage,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
@@ -562,6 +563,26 @@ def test_a_destination_that_is_down_is_a702_at_once(
     assert sorted(failed_uids(failed)) == sorted(uids)
     (served,) = server.operations.of("C-MOVE")  # the record (and its log line) says why too
     assert (served.status, served.comment) == (status.OUT_OF_RESOURCES_SUBOPS, rsp.ErrorComment)
+
+
+def test_a_destination_that_accepts_none_of_the_contexts_is_a702_that_says_so(
+    sample: Sample, start_server: Callable[..., Server]
+) -> None:
+    """It accepts the association and refuses every presentation context (PS3.8 9.3.3.2):
+    the reason says that, not that the connection closed (pynetdicom then aborts)."""
+    ae = AE(ae_title="RTONLY")
+    ae.add_supported_context(RTImageStorage)
+    listener = ae.start_server(("127.0.0.1", 0), block=False)
+    try:
+        entry = {"host": "127.0.0.1", "port": listener.server_address[1]}
+        server = start_server(sample.root, ae_table={"RTONLY": entry})
+        study, uids = next(iter(sample.studies().items()))
+        rsp, _ = final(move(server, identifier("STUDY", StudyInstanceUID=study), "RTONLY"))
+    finally:
+        listener.shutdown()
+    assert rsp.Status == status.OUT_OF_RESOURCES_SUBOPS
+    assert counts(rsp) == (None, 0, len(uids), 0)
+    assert rsp.ErrorComment.startswith("RTONLY accepted no presentation context for ")
 
 
 def test_a_destination_that_never_answers_is_a702_after_the_acse_timeout(

@@ -481,6 +481,34 @@ def test_a_file_replaced_by_another_instance_is_not_sendable_and_reindexed(
     assert now.sop_instance_uid != made.sop_instance_uid
 
 
+def test_a_file_now_of_another_sop_class_is_not_sendable_and_reindexed(
+    indexed: Callable[..., Instance], write: Callable[..., Path]
+) -> None:
+    """Its contexts were negotiated for the class it had: one failed sub-operation that says
+    so, not an error that ends the whole retrieve (it was C000, and the rest never went)."""
+    made = indexed("a.dcm", n=1)
+    write("a.dcm", n=1, modality="MR")  # the same SOP Instance UID, now MR Image Storage
+    os.utime(made.path, ns=(made.mtime_ns + 10**9, made.mtime_ns + 10**9))
+    with pytest.raises(NotSendable, match="now MR Image Storage, not negotiated"):
+        prepare(made, (ELE,), index_of(indexed))
+    now = index_of(indexed).instance(made.sop_instance_uid)
+    assert now is not None
+    assert now.sop_class_uid == MRImageStorage
+
+
+def test_a_file_renamed_since_it_was_matched_is_sent_from_where_the_index_has_it(
+    indexed: Callable[..., Instance],
+) -> None:
+    made = indexed("a.dcm", n=1)
+    moved = made.path + ".renamed"
+    os.rename(made.path, moved)
+    index = index_of(indexed)
+    index.move(made.path, moved)  # as the watcher does on the rename's event
+    outgoing = prepare(made, (ELE,), index)
+    assert isinstance(outgoing.payload, retrieve.FromFile)
+    assert outgoing.payload.path == moved
+
+
 def test_a_file_that_stopped_being_dicom_is_not_sendable_and_leaves_the_index(
     indexed: Callable[..., Instance],
 ) -> None:
@@ -800,6 +828,41 @@ def test_several_links_at_once_share_the_instances_each_sent_once(
     assert sorted(sent) == sorted(i.sop_instance_uid for i in instances)
     assert all(link.sent and link.closed == 1 for link in links)
     assert [p[0] for p in requestor.pendings] == list(range(29, -1, -1))
+
+
+def test_a_link_refused_while_others_are_open_leaves_its_instances_to_them(
+    indexed: Callable[..., Instance],
+) -> None:
+    """A destination that takes fewer associations at once than `associations` (its refusal
+    says "transient"): everything goes over the links it did accept, nothing fails."""
+    instances = [indexed(f"{n}.dcm", n=n) for n in range(1, 13)]
+    both_refused = threading.Barrier(3, timeout=10)  # the first store waits for the refusals
+    open_link_calls = []
+    accepted = FakeLink(every_class(ELE))
+
+    def answer(outgoing: retrieve.Outgoing) -> Stored:
+        if len(accepted.sent) == 1:
+            both_refused.wait()
+        return Stored(0x0000)
+
+    accepted.answer = answer
+    opening = threading.Lock()
+
+    def open_link(batch: Batch) -> retrieve.Link:
+        with opening:
+            open_link_calls.append(batch)
+            if len(open_link_calls) == 1:
+                return accepted
+        both_refused.wait()
+        raise Unreachable("association rejected: Local limit exceeded (PYSCP at 127.0.0.1:1)")
+
+    outcome = retrieve.run(
+        plan_batches(instances), open_link, FakeRequestor(), index_of(indexed), reopen=True, links=3
+    )
+    assert outcome.status == status.SUCCESS
+    assert outcome.tally.completed == 12
+    assert sorted(accepted.sent) == sorted(i.sop_instance_uid for i in instances)
+    assert len(open_link_calls) == 3
 
 
 def test_without_reopen_a_broken_link_fails_the_rest(
