@@ -76,6 +76,7 @@ from fsqr.records import (
     file_stamp,
     stat_stamp,
 )
+from fsqr.tree import open_served
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,6 @@ _IMPLICIT_SWAPPED = struct.Struct("<LL").unpack_from
 _EXPLICIT = struct.Struct("<HH2sH").unpack_from  # PS3.5 7.1.2: group, element, VR, 16-bit length
 _IMPLICIT = struct.Struct("<HHL").unpack_from  # PS3.5 7.1.3 and 7.5: group, element, length
 _UINT32 = struct.Struct("<L").unpack_from
-_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows opens files as text otherwise
 
 
 def _seek_and_read(fd: int, n: int, pos: int) -> bytes:
@@ -809,7 +809,7 @@ def read_indexed(path: str) -> Parsed | Skipped | None:
     try:
         if not _pydicom_is_default():
             return None
-        fd = os.open(path, os.O_RDONLY | _O_BINARY)
+        fd = open_served(path)
         try:
             st = os.fstat(fd)
             result = _read(_File(fd, st.st_size), path, st) if st.st_size else Skipped(path, EMPTY)

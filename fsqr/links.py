@@ -47,6 +47,7 @@ from fsqr.dimse import (
     without_unheard_message_logs,
 )
 from fsqr.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from fsqr.tree import open_served
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +279,7 @@ class StoreSender:
         for an instance (PS3.8 9.3.5: a message is whole only with its last fragment).
         """
         try:
-            fd = os.open(payload.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            fd = open_served(payload.path)
         except OSError as exc:
             return retrieve.Stored(None, f"cannot open the file: {exc.strerror or exc}")
         if not payload.is_the_file(os.fstat(fd)):

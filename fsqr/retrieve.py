@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import array
 import enum
+import errno
 import functools
 import logging
 import os
@@ -68,6 +69,7 @@ from fsqr.errors import TooManyMatches
 from fsqr.index import Index
 from fsqr.records import Instance, Parsed
 from fsqr.scan import read_header
+from fsqr.tree import open_served
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +242,7 @@ def data_set_bytes(outgoing: Outgoing) -> bytes | None:
     if isinstance(payload, Encoded):
         return payload.data
     try:
-        with open(payload.path, "rb") as fp:
+        with os.fdopen(open_served(payload.path), "rb") as fp:
             if not payload.is_the_file(os.fstat(fp.fileno())):
                 return None
             fp.seek(payload.offset)
@@ -328,7 +330,7 @@ def _open_checked(instance: Instance, index: Index, again: bool = True) -> tuple
     """
     path = instance.path
     try:
-        with open(path, "rb") as fp:
+        with os.fdopen(open_served(path), "rb") as fp:
             st = os.fstat(fp.fileno())
             try:
                 header: _Header | None = _read_meta(fp)
@@ -344,6 +346,9 @@ def _open_checked(instance: Instance, index: Index, again: bool = True) -> tuple
         index.remove_path(path)
         raise NotSendable("the file was deleted after it was indexed") from None
     except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EINVAL):  # a link or a FIFO now: see open_served
+            index.remove_path(path)
+            raise NotSendable("the file was replaced by a link or a special file") from None
         raise NotSendable(f"cannot open the file: {exc.strerror or exc}") from None
     same_stamp = (st.st_size, st.st_mtime_ns) == (instance.size, instance.mtime_ns)
     same_uid = header is not None and header.sop_instance_uid in ("", instance.sop_instance_uid)

@@ -52,6 +52,7 @@ from fsqr.header import UNDEFINED_LENGTH as _UNDEFINED_LENGTH
 from fsqr.header import element_text as element_text  # noqa: PLC0414 (mypy's explicit re-export)
 from fsqr.header import without_pixel_data as without_pixel_data  # noqa: PLC0414 (ditto)
 from fsqr.records import Parsed, Skipped, stat_stamp
+from fsqr.tree import open_served
 
 log = logging.getLogger(__name__)
 
@@ -137,34 +138,34 @@ def read_header_with_pydicom(path: str) -> Parsed | Skipped:
 
 
 def _read_header(path: str) -> Parsed | Skipped:
-    st = os.stat(path)
-    result = _read_stated(path, st)
+    with os.fdopen(open_served(path), "rb") as fp:
+        st = os.fstat(fp.fileno())
+        result = _read_stated(path, st, fp)
     if isinstance(result, Skipped):  # remembered by this stamp in an index snapshot
         return Skipped(path, result.reason, stat_stamp(st))
     return result
 
 
-def _read_stated(path: str, st: os.stat_result) -> Parsed | Skipped:
+def _read_stated(path: str, st: os.stat_result, fp: BinaryIO) -> Parsed | Skipped:
     if st.st_size == 0:
         return Skipped(path, EMPTY)
     probe = PixelProbe()
-    with open(path, "rb") as fp:
-        try:
-            ds = read_partial(fp, stop_when=probe)
-        except InvalidDicomError:
-            fp.seek(0)
-            if not looks_like_raw_dataset(fp.read(8)):
-                return Skipped(path, NOT_DICOM)
-            fp.seek(0)
-            ds = read_partial(fp, stop_when=probe, force=True)
-        if ds.file_meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
-            return Skipped(path, DICOMDIR)
-        transfer_syntax = _transfer_syntax(ds)
-        explicit = transfer_syntax != ImplicitVRLittleEndian
-        if transfer_syntax != DeflatedExplicitVRLittleEndian and not _is_complete(
-            fp, probe, explicit, st.st_size
-        ):
-            return Skipped(path, TRUNCATED)
+    try:
+        ds = read_partial(fp, stop_when=probe)
+    except InvalidDicomError:
+        fp.seek(0)
+        if not looks_like_raw_dataset(fp.read(8)):
+            return Skipped(path, NOT_DICOM)
+        fp.seek(0)
+        ds = read_partial(fp, stop_when=probe, force=True)
+    if ds.file_meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
+        return Skipped(path, DICOMDIR)
+    transfer_syntax = _transfer_syntax(ds)
+    explicit = transfer_syntax != ImplicitVRLittleEndian
+    if transfer_syntax != DeflatedExplicitVRLittleEndian and not _is_complete(
+        fp, probe, explicit, st.st_size
+    ):
+        return Skipped(path, TRUNCATED)
     parsed = parsed_from_dataset(
         ds, path, st.st_size, st.st_mtime_ns, transfer_syntax, ctime_ns=st.st_ctime_ns
     )

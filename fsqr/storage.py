@@ -265,6 +265,10 @@ class Receiver:
         # relative_path cannot leave the root; this guards against a future change to it.
         if not is_inside(os.path.normpath(target), os.path.normpath(self.root)):
             raise OutOfResources("refused: the storage path would leave the root")
+        # Nor may a symbolic link in the tree (a folder of the layout made a link to elsewhere)
+        # take the file out of it: fsqr would write where it does not serve from.
+        if not is_inside(os.path.realpath(target), os.path.realpath(self.root)):
+            raise OutOfResources("refused: a symbolic link in the storage path leaves the root")
         return target
 
     def _store(

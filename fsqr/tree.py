@@ -6,8 +6,10 @@ tree (the warm restart's validation, snapshot.py) starts in milliseconds.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +30,36 @@ def is_candidate_name(name: str) -> bool:
     True
     """
     return not name.startswith(TEMP_PREFIX) and not name.endswith(_WORKLIST_SUFFIXES)
+
+
+# Never follow a link in the last part of a path, never wait on a FIFO's writer: only a
+# regular file found where it was is ever read (O_NONBLOCK does nothing to a regular file).
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+_OPEN_FLAGS |= getattr(os, "O_BINARY", 0)
+
+
+def open_served(path: str) -> int:
+    """A descriptor of the regular file at `path`, to read what is served from it. Raises
+    OSError when it is gone, a symbolic link (whatever it leads to: links are not followed), a
+    FIFO, a socket or a device: what a file indexed a moment ago may have been replaced with.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     os.mkfifo(os.path.join(folder, "f"))
+    ...     open_served(os.path.join(folder, "f"))
+    Traceback (most recent call last):
+    OSError: [Errno 22] not a regular file: ...
+    """
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    return fd
 
 
 def is_inside(path: str, root_real: str) -> bool:

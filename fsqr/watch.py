@@ -447,6 +447,8 @@ class Watcher:
             and (is_dir or is_candidate_name(os.path.basename(dest)))
             and self._allowed(dest)
         )
+        if dest and not arrives:  # a link or a worklist item renamed over a file: it goes
+            self._removed(dest, is_dir)
         if src:
             if not arrives:
                 self._removed(src, is_dir)  # moved out of the tree, or out of sight
@@ -532,19 +534,19 @@ class Watcher:
         """Index `path` from its header. `whole`: it is known complete (closed, renamed), so a
         failure to parse is final. `force`: read it even if its size and mtime are unchanged."""
         try:
-            st = os.stat(path)
+            st = os.lstat(path)  # a link is not followed: not even to a regular file
         except OSError:
             return  # gone again: its delete or move event follows
         if not stat.S_ISREG(st.st_mode):
+            # A link, a FIFO, a socket put where a file was: what was indexed there is gone.
+            if self.index.remove_path(path) is not None:
+                log.debug("removed %s: no longer a regular file", path)
             return
         stamp = (st.st_size, st.st_mtime_ns)
         held = self.index.instance_at(path)
         if not force and held is not None and (held.size, held.mtime_ns) == stamp:
             return  # already indexed as it is: a C-STORE's rename, a rescan, a repeated event
         if not force and self._reported.get(path) == stamp:
-            return
-        if not self._allowed(path):
-            log.debug("not indexing %s: a symbolic link", path)
             return
         self._indexed(path, read_header(path), whole=whole, force=force)
 

@@ -293,6 +293,23 @@ def test_nothing_a_peer_sends_leaves_the_root(
     assert served is not None and served.path == str(path)
 
 
+def test_a_link_in_the_storage_area_to_outside_the_root_is_refused(
+    root: Path, start_server: Callable[..., Server], connect: Callable[..., Any]
+) -> None:
+    """A folder of the layout made a symbolic link to elsewhere: fsqr would write where it
+    does not serve from (and where its peers should not write). A700, nothing written."""
+    outside = root.parent / "outside"
+    outside.mkdir()
+    (root / "incoming").mkdir()
+    (root / "incoming" / "EVIL").symlink_to(outside)
+    server = start_server(root)
+    answer = store(connect(server), instance(patient_id="EVIL"))
+    assert answer.Status == 0xA700
+    assert "symbolic link" in answer.ErrorComment
+    assert not any(outside.rglob("*"))
+    assert server.index.counts().instances == 0
+
+
 def test_a_store_interrupted_mid_transfer_leaves_nothing(
     root: Path, start_server: Callable[..., Server], connect: Callable[..., Any]
 ) -> None:

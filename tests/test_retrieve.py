@@ -509,6 +509,23 @@ def test_a_file_renamed_since_it_was_matched_is_sent_from_where_the_index_has_it
     assert outgoing.payload.path == moved
 
 
+@pytest.mark.parametrize("replacement", ["fifo", "link"])
+def test_a_file_replaced_by_a_fifo_or_a_link_is_not_sendable_and_leaves_the_index(
+    indexed: Callable[..., Instance], write: Callable[..., Path], replacement: str
+) -> None:
+    """Not followed to what a link leads to (outside the root, say), never waiting on a FIFO's
+    writer: the sub-operation fails at once, before the watcher has said anything."""
+    made = indexed("a.dcm", n=1)
+    os.remove(made.path)
+    if replacement == "fifo":
+        os.mkfifo(made.path)
+    else:
+        os.symlink(write("elsewhere.dcm", n=1, patient_name="OUTSIDE^SECRET"), made.path)
+    with pytest.raises(NotSendable, match="replaced by a link or a special file"):
+        prepare(made, (ELE,), index_of(indexed))
+    assert index_of(indexed).instance(made.sop_instance_uid) is None
+
+
 def test_a_file_that_stopped_being_dicom_is_not_sendable_and_leaves_the_index(
     indexed: Callable[..., Instance],
 ) -> None:

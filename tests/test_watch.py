@@ -415,3 +415,21 @@ def test_records_come_from_a_file_still_there_once_theirs_is_deleted(live: Live)
     assert wait_until(lambda: find_values(server, "PATIENT", "PatientName") == [("DOE^OLD",)])
     assert find_values(server, "STUDY", "PatientName", "StudyDescription") == [("DOE^OLD", "OLD")]
     assert server.index.stale_sources() == []  # told once
+
+
+@pytest.mark.parametrize("replacement", ["fifo", "link"])
+def test_a_file_replaced_by_a_fifo_or_a_link_is_no_longer_served(
+    live: Live, replacement: str
+) -> None:
+    """Neither is a file fsqr reads: a link is not followed (it might lead outside the root),
+    and a FIFO would hold a reader until someone writes to it."""
+    target = live.root / "x.dcm"
+    os.rename(live.make("x.dcm", 1), target)
+    assert wait_until(live.served_at(sop(1), target))
+    made = live.root / ".made"
+    if replacement == "fifo":
+        os.mkfifo(made)
+    else:
+        os.symlink(live.make("outside.dcm", 1, patient_name="OUTSIDE^SECRET"), made)
+    os.rename(made, target)
+    assert wait_until(live.gone(sop(1)))
