@@ -376,7 +376,11 @@ class CancelRegistry:
             return
         if field != C_CANCEL_RQ:
             return
-        message_id = int(command.MessageIDBeingRespondedTo)
+        being_cancelled = command.get("MessageIDBeingRespondedTo")
+        if being_cancelled is None:
+            log.info("C-CANCEL from %s ignored: it names no message", caller(event.assoc))
+            return
+        message_id = int(being_cancelled)
         with self._lock:
             in_progress = message_id in self._open.get(event.assoc, ())
             if in_progress:

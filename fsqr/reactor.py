@@ -43,6 +43,7 @@ from typing import Any
 
 from pynetdicom import AE, evt
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_CANCEL
 from pynetdicom.pdu import A_ABORT_RQ
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,21 @@ def serve_without_polling(assoc: Any, ended: Callable[[Any, str], None] | None =
     def run_association() -> None:
         try:
             type(assoc).run(assoc)  # pynetdicom's: negotiation, then `_run_reactor`
+        except Exception as exc:
+            # pynetdicom failed on what the peer asked for (a presentation context without a
+            # transfer syntax, say): the peer is aborted at once, not left waiting, and the
+            # connection and its thread are freed (they were held until the peer hung up).
+            log.warning(
+                "association from %s aborted: fsqr cannot negotiate what it asked for (%s: %s)",
+                _peer(dul),
+                type(exc).__name__,
+                exc,
+            )
+            how.append("aborted by fsqr")
+            _abort(dul)
+            with contextlib.suppress(Exception):
+                dul.socket.close()
+            socket_or_queue.wake()
         finally:
             if ended is not None:
                 ended(assoc, how[0] if how else _never_established(assoc))
@@ -240,7 +256,23 @@ def _dul_loop(dul: Any, wake_up: _WakeUp) -> None:
             if awaiting_request:
                 dul.socket.close()
             continue
-        dul.state_machine.do_action(event)
+        try:
+            dul.state_machine.do_action(event)
+        except Exception as exc:
+            # A PDU pynetdicom cannot take (an even presentation context ID, a User Identity
+            # of an unknown type): one line, an A-ABORT at once, and both threads end; the
+            # thread died with a traceback, and the peer waited for its own timeout.
+            log.warning(
+                "association from %s aborted: %s in what it sent (%s)",
+                _peer(dul),
+                type(exc).__name__,
+                exc,
+            )
+            _abort(dul)
+            with contextlib.suppress(Exception):
+                dul.socket.close()
+            dul.to_user_queue.put(None)  # the association thread may wait for a request
+            return
         if event == "Evt17" and awaiting_request:
             # Closed before any request (a port check, a stop): pynetdicom tells the
             # association thread nothing, and it would wait out its ACSE timeout for a request
@@ -324,8 +356,23 @@ def _association_loop(assoc: Any, work: threading.Event) -> str:
         work.clear()  # anything put from here on wakes the wait below
 
         context_id, msg = get_msg_unless_paused(assoc.dimse)
+        if isinstance(msg, C_CANCEL):
+            # pynetdicom keeps ten cancels aside and queues the rest as if requests: fsqr has
+            # recorded each already (dimse.CancelRegistry), and one served would raise.
+            continue
         if msg:
-            assoc._serve_request(msg, context_id)
+            try:
+                assoc._serve_request(msg, context_id)
+            except Exception as exc:  # the thread would die, and leave its connection open
+                log.warning(
+                    "association from %s aborted: cannot serve a %s (%s: %s)",
+                    _peer(assoc.dul),
+                    type(msg).__name__,
+                    type(exc).__name__,
+                    exc,
+                )
+                assoc.abort()
+                return "aborted by fsqr"
             continue
         if assoc.is_established and assoc.acse.is_release_requested():
             _released(assoc)

@@ -347,3 +347,115 @@ def test_stopping_with_a_silent_connection_open_ends_it_cleanly(sample_tree: Pat
         server.stop()
         assert not assoc.is_alive() and not assoc.dul.is_alive()
         assert sock.recv(1) == b""  # closed by fsqr
+
+
+# -- requests pynetdicom cannot take: aborted at once, one log line, nothing left open -------
+
+VERIFICATION = "1.2.840.10008.1.1"
+IMPLICIT_VR = "1.2.840.10008.1.2"
+
+
+def _item(kind: int, body: bytes) -> bytes:
+    return struct.pack(">BBH", kind, 0, len(body)) + body
+
+
+def _context(context_id: int, abstract: str, syntaxes: tuple[str, ...] = (IMPLICIT_VR,)) -> bytes:
+    return _item(
+        0x20,
+        bytes([context_id, 0, 0, 0])
+        + _item(0x30, abstract.encode())
+        + b"".join(_item(0x40, ts.encode()) for ts in syntaxes),
+    )
+
+
+def _association_request(*contexts: bytes) -> bytes:
+    user = _item(0x50, _item(0x51, struct.pack(">L", 16382)) + _item(0x52, b"1.2.3.4"))
+    body = (
+        struct.pack(">HH", 1, 0)
+        + b"FSQR".ljust(16)
+        + b"HOSTILE".ljust(16)
+        + bytes(32)
+        + _item(0x10, b"1.2.840.10008.3.1.1.1")
+        + b"".join(contexts)
+        + user
+    )
+    return struct.pack(">BBL", 1, 0, len(body)) + body
+
+
+def _command(**keys: Any) -> bytes:
+    """A command set in Implicit VR Little Endian with its group length, as one P-DATA-TF PDU
+    on presentation context 1."""
+    ds = Dataset()
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True
+    write_dataset(buffer, ds)
+    encoded = struct.pack("<HHLL", 0, 0, 4, len(buffer.getvalue())) + buffer.getvalue()
+    pdv = struct.pack(">LBB", len(encoded) + 2, 1, 0x03) + encoded
+    return struct.pack(">BBL", 4, 0, len(pdv)) + pdv
+
+
+def _read_pdu(sock: socket.socket) -> bytes:
+    header = sock.recv(6, socket.MSG_WAITALL)
+    if len(header) < 6:
+        return header
+    return header + sock.recv(struct.unpack(">L", header[2:])[0], socket.MSG_WAITALL)
+
+
+@pytest.mark.parametrize(
+    "context",
+    [_context(1, VERIFICATION, ()), _context(2, VERIFICATION)],
+    ids=["no-transfer-syntax", "even-context-id"],
+)
+def test_a_request_pynetdicom_cannot_negotiate_is_aborted_at_once(
+    sample_tree: Path,
+    start_server: Callable[..., Server],
+    caplog: pytest.LogCaptureFixture,
+    context: bytes,
+) -> None:
+    """pynetdicom raised on it, in a thread that died: the peer had no answer until its own
+    timeout, and a context without a transfer syntax held the connection and a thread for as
+    long as the peer kept it open, outside the association limit."""
+    server = start_server(sample_tree)
+    assert server._listener is not None
+    with (
+        caplog.at_level("WARNING", logger="fsqr.reactor"),
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock,
+    ):
+        sock.sendall(_association_request(context))
+        answer = _read_pdu(sock)  # within the 5 s: fsqr's ACSE timeout is 30 s
+        assert answer[:1] == b"\x07", answer  # A-ABORT
+        assert wait_until(lambda: not server._listener.active_associations, timeout=3)
+    assert any("aborted" in r.getMessage() for r in caplog.records)
+    assert echo_works(server)
+
+
+def test_many_cancels_in_a_row_leave_the_association_serving(
+    sample_tree: Path, start_server: Callable[..., Server]
+) -> None:
+    """pynetdicom keeps ten C-CANCELs aside and queued the eleventh as a request, which killed
+    the association's thread and left its connection open outside the association limit."""
+    server = start_server(sample_tree)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(_association_request(_context(1, VERIFICATION)))
+        assert _read_pdu(sock)[:1] == b"\x02"  # A-ASSOCIATE-AC
+        for message_id in range(12):
+            sock.sendall(
+                _command(
+                    CommandField=0x0FFF,
+                    MessageIDBeingRespondedTo=message_id,
+                    CommandDataSetType=0x0101,
+                )
+            )
+        sock.sendall(
+            _command(
+                AffectedSOPClassUID=VERIFICATION,
+                CommandField=0x0030,
+                MessageID=99,
+                CommandDataSetType=0x0101,
+            )
+        )
+        response = _read_pdu(sock)
+        assert response[:1] == b"\x04", response  # P-DATA-TF: the C-ECHO-RSP
+        assert b"\x00\x00\x00\x01\x02\x00\x00\x00\x30\x80" in response  # CommandField 8030
