@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 MAX_NAME = 64  # characters kept of one value: the longest UI, LO or SH value (PS3.5 6.2)
 EMPTY_NAME = "_"  # the name of an empty value (PatientID is Type 2: it may be empty)
 _HASH = 8  # hex digits of the hash that keeps two altered values apart
+# Bytes of one name at most: file systems allow 255, and the layout may add ".dcm" and more.
+_MAX_BYTES = 128
 _PUNCTUATION = frozenset("-._^=+@")  # kept as they are; every other non-alphanumeric becomes _
 _STRIPES = 64  # locks serialising stores of one SOP Instance UID
 
@@ -68,9 +70,9 @@ def safe_name(value: str) -> str:
 
     Letters, digits and `-._^=+@` are kept; anything else (`/`, `\\`, NUL, control characters,
     spaces) becomes `_`; a leading dot becomes `_` (no `.`, `..`, hidden or `.fsqr-` names);
-    more than 64 characters are cut. A value changed in any of these ways gets `~` and a hash
-    of the original, so two different values never share a name. A valid UID comes out as it
-    went in.
+    more than 64 characters (or 128 bytes in UTF-8) are cut. A value changed in any of these
+    ways, or by Unicode normalisation (NFC), gets `~` and a hash of the original, so two
+    different values never share a name. A valid UID comes out as it went in.
 
     >>> safe_name("1.2.840.113619.2.55.3")
     '1.2.840.113619.2.55.3'
@@ -78,6 +80,10 @@ def safe_name(value: str) -> str:
     '_._.._etc~74ccf3c5'
     >>> safe_name("")
     '_'
+    >>> safe_name("_") != "_", safe_name("e\u0301") != safe_name("\u00e9")
+    (True, True)
+    >>> len(safe_name("\U00020000" * 64).encode()) <= 128
+    True
     """
     text = unicodedata.normalize("NFC", value)
     cleaned = "".join(c if c.isalnum() or c in _PUNCTUATION else "_" for c in text)
@@ -85,12 +91,18 @@ def safe_name(value: str) -> str:
         cleaned = "_" + cleaned[1:]
     if cleaned.endswith("."):  # Windows and SMB drop a trailing dot
         cleaned = cleaned[:-1] + "_"
-    if cleaned == text and 0 < len(text) <= MAX_NAME:
-        return text
+    fits = 0 < len(value) <= MAX_NAME and len(value.encode("utf-8", "surrogatepass")) <= _MAX_BYTES
+    # Unchanged, even by NFC (a decomposed é is another value than a composed one), and not
+    # the name an empty value gets.
+    if cleaned == value and fits and value != EMPTY_NAME:
+        return value
     if not value:
         return EMPTY_NAME
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH]
-    return f"{cleaned[: MAX_NAME - _HASH - 1]}~{digest}"
+    kept = cleaned[: MAX_NAME - _HASH - 1]
+    while len(kept.encode("utf-8", "surrogatepass")) > _MAX_BYTES - _HASH - 1:
+        kept = kept[:-1]  # characters of 4 bytes: 64 of them would pass 255 bytes
+    return f"{kept}~{digest}"
 
 
 def layout_keywords(layout: str) -> tuple[str, ...]:
@@ -247,6 +259,8 @@ class Receiver:
         if self.read_only:
             raise NotAuthorized("fsqr is read-only: C-STORE refused")
         header, has_pixel_data = read_received(encoded)
+        if 0x00080016 not in header and 0x00080018 not in header:  # empty, or not DICOM at all
+            raise CannotUnderstand("the data set holds no SOP Class or SOP Instance UID")
         # As DCMTK's storescp does: a data set that is not the instance the request names is
         # refused with A900 (PS3.4 B.2.3), rather than filed under the wrong name.
         if element_text(header.get(0x00080016)) != sop_class_uid:

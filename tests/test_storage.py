@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 from io import BytesIO
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydicom.dataset import FileDataset
+from pydicom.filewriter import write_file_meta_info
 
 from fsqr import status, storage
 from fsqr.config import DEFAULT_LAYOUT
@@ -288,6 +290,23 @@ def test_garbage_cannot_be_understood(tmp_path: Path) -> None:
     with pytest.raises(DimseError) as refused:
         receiver(tmp_path).store(b"\x00" * 200, "1.2", "1.2.3")
     assert refused.value.status == status.CANNOT_UNDERSTAND == 0xC000
+
+
+@pytest.mark.parametrize(
+    "data_set", [b"", random.Random(10).randbytes(200)], ids=["empty", "noise"]
+)
+def test_a_data_set_that_is_no_instance_cannot_be_understood(
+    tmp_path: Path, data_set: bytes
+) -> None:
+    """Behind good file meta (pynetdicom writes it from the request): C000, as the README's
+    table says, not A900 "SOP Class UID differs"."""
+    ds = instance()
+    meta = BytesIO()
+    meta.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(meta, ds.file_meta)
+    with pytest.raises(DimseError) as refused:
+        receiver(tmp_path).store(meta.getvalue() + data_set, ds.SOPClassUID, ds.SOPInstanceUID)
+    assert refused.value.status == status.CANNOT_UNDERSTAND
 
 
 def test_a_write_failure_is_out_of_resources_and_leaves_nothing(tmp_path: Path) -> None:
