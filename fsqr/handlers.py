@@ -117,6 +117,30 @@ def _identifier(event: Any) -> Dataset:
     return identifier
 
 
+_MIN_RATE = 65536  # bytes a second below which a PDU is taken for a stalled one
+
+
+def _read_within(sock: Any, nr_bytes: int, deadline: float, network: float, who: str) -> bytearray:
+    """`nr_bytes` from `sock` by `deadline`, each read waiting at most `network`; fewer when
+    that fails, which pynetdicom takes for a closed connection (one log line, no traceback)."""
+    data = bytearray(nr_bytes)
+    view, got = memoryview(data), 0
+    while got < nr_bytes:
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(min(network, left))
+            read = sock.recv_into(view[got:], nr_bytes - got)
+        except TimeoutError:
+            log.warning("connection from %s closed: a PDU came too slowly, or stopped", who)
+            read = 0
+        if not read:
+            return data[:got]
+        got += read
+    return data
+
+
 def _values_of(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, MultiValue)) else [value]
 
@@ -336,22 +360,25 @@ class Handlers:
         A-ASSOCIATE-RQ is not bound by it) ends the connection as a transport failure would.
 
         pynetdicom also reads a PDU it has begun with a blocking socket: a peer that sends part
-        of one and then nothing held its thread and connection forever, past every timeout.
-        Each read and write now gives up after `timeouts.network` without progress.
+        of one and then nothing held its thread and connection forever, past every timeout,
+        and one that sent a byte now and then (slowloris) did the same. Each read and write
+        gives up after `timeouts.network` without progress, and a whole PDU must come within
+        a deadline: the A-ASSOCIATE-RQ within `timeouts.acse` of its first byte (as ARTIM
+        bounds the wait for it, PS3.8 9.1.5), any later one within `timeouts.network` and a
+        second more per `_MIN_RATE` bytes.
         """
         if not event.assoc.is_acceptor:
             return
         transport = event.assoc.dul.socket
+        timeouts = self.config.timeouts
         if transport.socket is not None:
-            transport.socket.settimeout(self.config.timeouts.network)
-        if not self.config.max_pdu:
-            return
-        limit = max(self.config.max_pdu, MAX_PDU_READ)
-        read = transport.recv
+            transport.socket.settimeout(timeouts.network)
+        limit = max(self.config.max_pdu, MAX_PDU_READ) if self.config.max_pdu else None
         who = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
+        deadline: list[float] = []  # of the PDU being read: set at its header, gone after it
 
         def bounded_recv(nr_bytes: int) -> bytearray:
-            if nr_bytes > limit:
+            if limit is not None and nr_bytes > limit:
                 log.warning(
                     "connection from %s closed: it announced a PDU of %d bytes (we take %d)",
                     who,
@@ -359,8 +386,15 @@ class Handlers:
                     limit,
                 )
                 raise OSError(f"PDU of {nr_bytes} bytes refused")
-            data: bytearray = read(nr_bytes)
-            return data
+            if not deadline:  # a PDU begins: its 6-byte header
+                budget = timeouts.network if event.assoc.is_established else timeouts.acse
+                deadline.append(time.monotonic() + budget)
+                return _read_within(transport.socket, nr_bytes, deadline[0], timeouts.network, who)
+            try:  # the rest of it
+                by = deadline[0] + nr_bytes / _MIN_RATE
+                return _read_within(transport.socket, nr_bytes, by, timeouts.network, who)
+            finally:
+                deadline.clear()
 
         transport.recv = bounded_recv
 

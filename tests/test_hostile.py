@@ -5,10 +5,12 @@ the association ends, and the server goes on answering others."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import struct
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -459,3 +461,23 @@ def test_many_cancels_in_a_row_leave_the_association_serving(
         response = _read_pdu(sock)
         assert response[:1] == b"\x04", response  # P-DATA-TF: the C-ECHO-RSP
         assert b"\x00\x00\x00\x01\x02\x00\x00\x00\x30\x80" in response  # CommandField 8030
+
+
+def test_a_request_sent_a_byte_at_a_time_is_cut_off_after_the_acse_timeout(
+    sample_tree: Path, start_server: Callable[..., Server]
+) -> None:
+    """Slowloris: every byte reset the wait, so no timeout ever came, and a few such peers
+    held every association fsqr may have. The A-ASSOCIATE-RQ must come whole in time."""
+    server = start_server(sample_tree, timeouts={"acse": 1, "network": 5})
+    request = _association_request(_context(1, VERIFICATION))
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        with contextlib.suppress(OSError):  # reset by fsqr: what we wanted
+            for byte in request:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.1)
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass
+    assert time.monotonic() - started < 4  # the whole request would take 7 s at this pace
+    assert echo_works(server)
