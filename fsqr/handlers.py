@@ -117,6 +117,23 @@ def _identifier(event: Any) -> Dataset:
     return identifier
 
 
+def _unworkable_pdu_length(maximum: int | None) -> security.Refusal | None:
+    """A-ASSOCIATE-RJ for a request whose Maximum Length sub-item (PS3.8 D.1, which every
+    request must hold) is missing, or too small for a PDV to carry a byte: pynetdicom accepted
+    either, then failed to send the first response and aborted, after fsqr had logged it
+    answered. 0 means no limit."""
+    if maximum is None:
+        why = "no Maximum Length sub-item (PS3.8 D.1)"
+    elif 0 < maximum < _SMALLEST_PDU:
+        why = f"a Maximum Length of {maximum} bytes: no PDV fits (PS3.8 D.1)"
+    else:
+        return None
+    return security.Refusal(security.REJECTED_PERMANENT, security.SERVICE_USER, 1, why)
+
+
+# A PDV item: its length (4 bytes), context ID and message control header, and data, of which
+# pynetdicom wants more than a byte.
+_SMALLEST_PDU = 8
 _MIN_RATE = 65536  # bytes a second below which a PDU is taken for a stalled one
 
 
@@ -409,7 +426,7 @@ class Handlers:
         calling = str(request.calling_ae_title).strip()
         where = f"{calling}@{assoc.requestor.address}:{assoc.requestor.port}"
         try:
-            refusal = security.admit(
+            refusal = _unworkable_pdu_length(assoc.requestor.maximum_length) or security.admit(
                 self.config, calling, str(request.called_ae_title), str(assoc.requestor.address)
             )
         except Exception:

@@ -337,16 +337,44 @@ def _each_value(test: Matcher, *, split: bool, strip: Callable[[str], str]) -> M
 
 
 @lru_cache(maxsize=65536)
-def _name_groups(name: str) -> tuple[str, ...]:
+def _name_groups(name: str, by_character: bool = False) -> tuple[str, ...]:
     """One PN value as folded component groups, without trailing empty components or groups.
 
-    >>> _name_groups("Doe^John^^^=^ ")
-    ('doe^john',)
+    `by_character`: each character folded on its own into one character (`_fold_character`),
+    so that a "?" of a key still stands for one character of the name: folding the whole name
+    makes "ß" two ("ss") and a half-width kana and its voiced mark one.
+
+    >>> _name_groups("Doe^John^^^=^ "), _name_groups("Größe", by_character=True)[0][:3]
+    (('doe^john',), 'gro')
     """
-    groups = [fold_person_name(g).rstrip("^ ").lstrip(" ") for g in name.split("=")]
+    fold = _fold_by_character if by_character else fold_person_name
+    groups = [fold(g).rstrip("^ ").lstrip(" ") for g in name.split("=")]
     while groups and not groups[-1]:
         groups.pop()
     return tuple(groups)
+
+
+def _fold_by_character(text: str) -> str:
+    """`fold_person_name` of each character of `text` (composed first, NFC), each one
+    character: one that folds into several ("ß" -> "ss") is stood for by a character of a
+    private-use plane, the same for every character that folds alike.
+
+    >>> len(_fold_by_character("Strauß")), len(_fold_by_character("\uff76\uff9e\uff84\uff73"))
+    (6, 4)
+    """
+    return "".join(map(_fold_character, unicodedata.normalize("NFC", text)))
+
+
+_SEVERAL: dict[str, str] = {}  # what a character folds into, when several: its one character
+
+
+@lru_cache(maxsize=4096)
+def _fold_character(character: str) -> str:
+    folded = fold_person_name(character)
+    if len(folded) == 1:
+        return folded
+    # Supplementary Private Use Area-B: no name holds it, and each folding gets its own.
+    return _SEVERAL.setdefault(folded, chr(0x100000 + len(_SEVERAL) % 0xFFFE))
 
 
 # The components a name group leaves out, added back for matching: a private-use character
@@ -388,17 +416,21 @@ def _person_name_matcher(keys: Iterable[str]) -> Matcher:
     Note 3 leaves this to the implementation. A key whose groups are all empty once folded
     ("^", "==") asks for nothing and is universal.
     """
-    tests: list[NameTest] = []
+    tests: list[tuple[bool, NameTest]] = []
     for key in keys:
-        key_groups = _name_groups(key)
+        # A "?" counts characters: then both sides are folded a character at a time.
+        by_character = "?" in key
+        key_groups = _name_groups(key, by_character)
         if not any(key_groups):
             return _universal
-        tests.append(_any_group(key_groups[0]) if "=" not in key else _each_group(key_groups))
+        group_test = _any_group if "=" not in key else None
+        tests.append(
+            (by_character, group_test(key_groups[0]) if group_test else _each_group(key_groups))
+        )
 
     def test(value: str) -> bool:
         for name in value.split("\\"):
-            groups = _name_groups(name)
-            if any(t(groups) for t in tests):
+            if any(t(_name_groups(name, by_character)) for by_character, t in tests):
                 return True
         return False
 

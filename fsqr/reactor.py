@@ -43,7 +43,7 @@ from typing import Any
 
 from pynetdicom import AE, evt
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_CANCEL
+from pynetdicom.dimse_primitives import C_CANCEL, C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.pdu import A_ABORT_RQ
 
 log = logging.getLogger(__name__)
@@ -360,6 +360,9 @@ def _association_loop(assoc: Any, work: threading.Event) -> str:
             # pynetdicom keeps ten cancels aside and queues the rest as if requests: fsqr has
             # recorded each already (dimse.CancelRegistry), and one served would raise.
             continue
+        if msg and _is_invalid_request(assoc, msg):
+            _refuse_invalid(assoc, msg, context_id)
+            continue
         if msg:
             try:
                 assoc._serve_request(msg, context_id)
@@ -398,6 +401,62 @@ def _association_loop(assoc: Any, work: threading.Event) -> str:
     if assoc.is_released:
         return "released"
     return "aborted by fsqr" if assoc._sent_abort else "connection lost"
+
+
+# What a request that lacks a required command element (PS3.7 9.3) is answered: pynetdicom
+# only logs "unexpected message" and answers nothing, and the peer waits out its own timeout.
+_INVALID_REQUEST_STATUS = {
+    C_ECHO: 0x0212,  # mistyped argument (PS3.7 9.1.5.1.4)
+    C_STORE: 0xC000,  # cannot understand (PS3.4 B.2.3)
+    C_FIND: 0xA900,  # identifier does not match SOP Class (PS3.4 C.4.1.1.4)
+    C_GET: 0xA900,
+    C_MOVE: 0xA900,
+}
+
+
+def _is_invalid_request(assoc: Any, msg: Any) -> bool:
+    """A request a peer sent fsqr that lacks a required element. A stray response (one that
+    came late, say) is not one: pynetdicom drops it with a warning, as before."""
+    return bool(
+        assoc.is_acceptor
+        and getattr(msg, "MessageIDBeingRespondedTo", None) is None
+        and not msg.is_valid_request
+        and not assoc._sent_release
+    )
+
+
+def _refuse_invalid(assoc: Any, msg: Any, context_id: int) -> None:
+    """Answer a request that lacks a required command element with a failure status, saying
+    which, or A-ABORT the association when it cannot be answered (no Message ID to answer, no
+    service of this kind here)."""
+    missing = [k for k in msg.REQUEST_KEYWORDS if getattr(msg, k) is None]
+    code = _INVALID_REQUEST_STATUS.get(type(msg))
+    if isinstance(msg, C_MOVE) and "MoveDestination" in missing:
+        code = 0xA801  # move destination unknown (PS3.4 C.4.2.1.5)
+    who = _peer(assoc.dul)
+    if code is None or msg.MessageID is None:
+        log.warning(
+            "association from %s aborted: a %s request without %s", who, msg.msg_type, *missing[:1]
+        )
+        assoc.abort()
+        return
+    log.warning(
+        "%s from %s refused %04X: the request has no %s",
+        msg.msg_type,
+        who,
+        code,
+        ", ".join(missing),
+    )
+    response = type(msg)()
+    response.MessageIDBeingRespondedTo = msg.MessageID
+    response.AffectedSOPClassUID = msg.AffectedSOPClassUID
+    response.Status = code
+    if hasattr(response, "ErrorComment"):
+        response.ErrorComment = f"the request has no {', '.join(missing)}"[:64]
+    try:
+        assoc.dimse.send_msg(response, context_id)
+    except Exception:  # not even a response can be made of it
+        assoc.abort()
 
 
 def _released(assoc: Any) -> None:

@@ -370,8 +370,9 @@ def _context(context_id: int, abstract: str, syntaxes: tuple[str, ...] = (IMPLIC
     )
 
 
-def _association_request(*contexts: bytes) -> bytes:
-    user = _item(0x50, _item(0x51, struct.pack(">L", 16382)) + _item(0x52, b"1.2.3.4"))
+def _association_request(*contexts: bytes, maximum_length: int | None = 16382) -> bytes:
+    length = b"" if maximum_length is None else _item(0x51, struct.pack(">L", maximum_length))
+    user = _item(0x50, length + _item(0x52, b"1.2.3.4"))
     body = (
         struct.pack(">HH", 1, 0)
         + b"FSQR".ljust(16)
@@ -384,18 +385,26 @@ def _association_request(*contexts: bytes) -> bytes:
     return struct.pack(">BBL", 1, 0, len(body)) + body
 
 
-def _command(**keys: Any) -> bytes:
-    """A command set in Implicit VR Little Endian with its group length, as one P-DATA-TF PDU
-    on presentation context 1."""
-    ds = Dataset()
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
+def _implicit_vr(ds: Dataset) -> bytes:
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, True
     write_dataset(buffer, ds)
-    encoded = struct.pack("<HHLL", 0, 0, 4, len(buffer.getvalue())) + buffer.getvalue()
-    pdv = struct.pack(">LBB", len(encoded) + 2, 1, 0x03) + encoded
-    return struct.pack(">BBL", 4, 0, len(pdv)) + pdv
+    return bytes(buffer.getvalue())
+
+
+def _command(context_id: int = 1, data_set: Dataset | None = None, **keys: Any) -> bytes:
+    """A command set in Implicit VR Little Endian with its group length, and `data_set` if
+    given, as one P-DATA-TF PDU on presentation context `context_id`."""
+    command = Dataset()
+    for keyword, value in keys.items():
+        setattr(command, keyword, value)
+    body = _implicit_vr(command)
+    encoded = struct.pack("<HHLL", 0, 0, 4, len(body)) + body
+    pdvs = struct.pack(">LBB", len(encoded) + 2, context_id, 0x03) + encoded
+    if data_set is not None:
+        data = _implicit_vr(data_set)
+        pdvs += struct.pack(">LBB", len(data) + 2, context_id, 0x02) + data
+    return struct.pack(">BBL", 4, 0, len(pdvs)) + pdvs
 
 
 def _read_pdu(sock: socket.socket) -> bytes:
@@ -480,4 +489,94 @@ def test_a_request_sent_a_byte_at_a_time_is_cut_off_after_the_acse_timeout(
             while sock.recv(65536):
                 pass
     assert time.monotonic() - started < 4  # the whole request would take 7 s at this pace
+    assert echo_works(server)
+
+
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def _status_of(response: bytes) -> int:
+    """The Status (0000,0900) of the command set in a P-DATA-TF PDU fsqr sent."""
+    at = response.index(b"\x00\x00\x00\x09\x02\x00\x00\x00")
+    return int(struct.unpack("<H", response[at + 8 : at + 10])[0])
+
+
+@pytest.mark.parametrize(
+    ("context_id", "request_keys", "expected"),
+    [
+        (
+            3,
+            {"AffectedSOPClassUID": STUDY_ROOT_MOVE, "CommandField": 0x0021, "Priority": 0},
+            0xA801,
+        ),
+        (5, {"AffectedSOPClassUID": CT_IMAGE, "CommandField": 0x0001, "Priority": 0}, 0xC000),
+    ],
+    ids=["c-move-without-destination", "c-store-without-instance-uid"],
+)
+def test_a_request_missing_a_required_element_gets_a_failure_status(
+    sample_tree: Path,
+    start_server: Callable[..., Server],
+    context_id: int,
+    request_keys: dict[str, Any],
+    expected: int,
+) -> None:
+    """pynetdicom only logged "unexpected message" and answered nothing: the SCU waited out
+    its own timeout. A failure status saying what is missing (PS3.7 9.3), and the association
+    goes on."""
+    server = start_server(sample_tree)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = "1.2.3"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(
+            _association_request(
+                _context(1, VERIFICATION), _context(3, STUDY_ROOT_MOVE), _context(5, CT_IMAGE)
+            )
+        )
+        assert _read_pdu(sock)[:1] == b"\x02"  # A-ASSOCIATE-AC
+        sock.sendall(
+            _command(context_id, identifier, MessageID=7, CommandDataSetType=0x0001, **request_keys)
+        )
+        response = _read_pdu(sock)
+        assert response[:1] == b"\x04", response
+        assert _status_of(response) == expected
+        sock.sendall(
+            _command(
+                AffectedSOPClassUID=VERIFICATION,
+                CommandField=0x0030,
+                MessageID=8,
+                CommandDataSetType=0x0101,
+            )
+        )
+        assert _status_of(_read_pdu(sock)) == 0x0000  # the association goes on
+
+
+def test_a_request_that_cannot_be_answered_is_aborted_at_once(
+    sample_tree: Path, start_server: Callable[..., Server]
+) -> None:
+    """A C-ECHO without a Message ID: nothing to answer it with. A-ABORT, not silence."""
+    server = start_server(sample_tree)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(_association_request(_context(1, VERIFICATION)))
+        assert _read_pdu(sock)[:1] == b"\x02"
+        sock.sendall(
+            _command(
+                AffectedSOPClassUID=VERIFICATION, CommandField=0x0030, CommandDataSetType=0x0101
+            )
+        )
+        assert _read_pdu(sock)[:1] == b"\x07"  # A-ABORT
+
+
+@pytest.mark.parametrize("maximum_length", [None, 1, 5], ids=["none", "1-byte", "5-bytes"])
+def test_a_request_without_a_workable_maximum_length_is_rejected(
+    sample_tree: Path, start_server: Callable[..., Server], maximum_length: int | None
+) -> None:
+    """PS3.8 D.1: every request says how long a PDU it takes. pynetdicom accepted these and
+    aborted at the first response, which fsqr had logged as sent."""
+    server = start_server(sample_tree)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        request = _association_request(_context(1, VERIFICATION), maximum_length=maximum_length)
+        sock.sendall(request)
+        assert _read_pdu(sock)[:1] == b"\x03"  # A-ASSOCIATE-RJ
     assert echo_works(server)

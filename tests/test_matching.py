@@ -210,6 +210,11 @@ def test_match_wildcard(pattern: str, value: str, expected: bool) -> None:
         ("????", "", False),
         ("?*", "", False),
         ("D?E^*", "DOE", True),
+        ("Gr??e^*", "Größe^Ärzt", True),  # "?" is one character, whatever it folds into
+        ("Gr???e^*", "Größe^Ärzt", False),
+        ("Strau?^Anna", "Strauß^Anna", True),
+        ("????^Taro", "\uff76\uff9e\uff84\uff73^Taro", True),  # half-width kana, voiced mark
+        ("STRAUSS^ANNA", "Strauß^Anna", True),  # without "?", the whole name folds: ß is ss
     ],
     ids=[
         "exact",
@@ -249,6 +254,11 @@ def test_match_wildcard(pattern: str, value: str, expected: bool) -> None:
         "questions-not-an-absent-name",
         "question-star-not-an-absent-name",
         "question-then-missing-component",
+        "questions-count-characters-not-foldings",
+        "questions-count-characters-not-foldings-miss",
+        "question-for-sharp-s",
+        "questions-for-half-width-kana",
+        "sharp-s-folds-to-ss",
     ],
 )
 def test_person_name_matching(pattern: str, value: str, expected: bool) -> None:
