@@ -130,10 +130,36 @@ def _setup_logging(level: str, log_format: str = "text", *, explain: bool = Fals
     if level != "debug":
         # pynetdicom logs every PDU and DIMSE message at info; fsqr logs one line per operation.
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        handler.addFilter(one_line_from_pynetdicom)
+        # pydicom warns of each odd value a peer sends (a UID that is not one, say), on stderr
+        # outside the log's format; fsqr says what it does about it. Shown with -v debug.
+        logging.captureWarnings(True)
+        logging.getLogger("py.warnings").setLevel(logging.ERROR)
     # fsqr/explain.py narrates each DIMSE step at INFO: shown with --explain (even with -q),
     # with patient names and IDs when -v; otherwise off, and then it costs nothing.
     narration = logging.DEBUG if level == "debug" else logging.INFO
     logging.getLogger(EXPLAIN_LOGGER).setLevel(narration if explain else logging.WARNING)
+
+
+def one_line_from_pynetdicom(record: logging.LogRecord) -> bool:
+    """A pynetdicom record with a traceback, as one line: what a malformed PDU costs in the
+    log (some 40 lines and two tracebacks before) when fsqr has its own line saying what
+    happened. Tracebacks are kept with -v debug, which has no such filter.
+
+    >>> try:
+    ...     raise ValueError("'context_id' must be an odd integer")
+    ... except ValueError as exc:
+    ...     record = logging.LogRecord("pynetdicom.dul", 40, "", 0, exc, None, sys.exc_info())
+    >>> one_line_from_pynetdicom(record), record.getMessage(), record.exc_info
+    (True, "ValueError: 'context_id' must be an odd integer", None)
+    """
+    if record.exc_info and record.name.startswith("pynetdicom"):
+        _, exc, _ = record.exc_info
+        message = record.getMessage()
+        said = f"{type(exc).__name__}: {exc}"
+        record.msg, record.args = (said if message == str(exc) else f"{message} ({said})"), ()
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def _terminal_progress(done: int, total: int) -> None:

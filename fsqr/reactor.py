@@ -216,6 +216,8 @@ def serve_without_polling(assoc: Any, ended: Callable[[Any, str], None] | None =
 def _never_established(assoc: Any) -> str:
     if assoc.is_rejected:
         return "rejected"
+    if assoc._sent_abort:  # by fsqr, on a request it could not take
+        return "aborted by fsqr"
     if assoc.is_acceptor and assoc.requestor.primitive is None:
         return "closed before any association request"
     return "closed before it was established"
@@ -339,6 +341,7 @@ def _abort(dul: Any) -> None:
     with contextlib.suppress(Exception):
         dul.socket.send(abort.encode())
     dul.assoc.is_aborted = True
+    dul.assoc._sent_abort = True
     dul.assoc.is_established = False
     dul.assoc._kill = True
     dul._kill_thread = True

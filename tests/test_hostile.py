@@ -431,14 +431,17 @@ def test_a_request_pynetdicom_cannot_negotiate_is_aborted_at_once(
     server = start_server(sample_tree)
     assert server._listener is not None
     with (
-        caplog.at_level("WARNING", logger="fsqr.reactor"),
+        caplog.at_level("INFO", logger="fsqr"),
         socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock,
     ):
         sock.sendall(_association_request(context))
         answer = _read_pdu(sock)  # within the 5 s: fsqr's ACSE timeout is 30 s
         assert answer[:1] == b"\x07", answer  # A-ABORT
         assert wait_until(lambda: not server._listener.active_associations, timeout=3)
-    assert any("aborted" in r.getMessage() for r in caplog.records)
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("association from 127.0.0.1") and "aborted" in m for m in said)
+    # and its end is told as it was, not as a connection closed before any request
+    assert any("ended: aborted by fsqr" in m for m in said), said
     assert echo_works(server)
 
 
