@@ -262,8 +262,8 @@ class Index:
             stale, self._stale = self._stale, {}
             paths: dict[str, None] = {}
             for node in stale.values():
-                if node.source is not None:
-                    continue  # a later file gave it records since
+                if node.source is not None or not self._holds(node):
+                    continue  # a later file gave it records since, or it has gone meanwhile
                 below = (
                     next(reversed(node.studies.values()))
                     if isinstance(node, _PatientNode)
@@ -277,6 +277,14 @@ class Index:
                 assert isinstance(series, _SeriesNode)
                 paths[self._served[series.instances[-1]].path] = None
             return list(paths)
+
+    def _holds(self, node: _SeriesNode | _StudyNode | _PatientNode) -> bool:
+        """True if `node` is still in the index, with files under it."""
+        if isinstance(node, _SeriesNode):
+            return self._series.get(node.record.series_uid) is node and bool(node.instances)
+        if isinstance(node, _StudyNode):
+            return self._studies.get(node.record.study_uid) is node and bool(node.series)
+        return self._patients.get(node.record.patient_id) is node and bool(node.studies)
 
     def refresh(self, parsed: Parsed) -> bool:
         """Take the records of a file read again for `stale_sources`, if it is still the copy

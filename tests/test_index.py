@@ -336,3 +336,24 @@ def test_a_file_read_again_is_refused_if_it_changed_since_indexed(
     assert index.stale_sources() == [str(older)]
     write("older.dcm", n=1, patient_name="DOE^REWRITTEN", study_description="longer now")
     assert not index.refresh(parsed(older))  # its own event indexes it again
+
+
+def test_a_node_emptied_after_it_was_marked_stale_is_passed_over(
+    write: Callable[..., Path],
+) -> None:
+    """Its source file went, then its last other file: nothing to read again for it, and the
+    other stale nodes are still told (an IndexError here lost them all)."""
+    study = synthetic_uid("st")
+    kept = write("kept.dcm", n=1, study_uid=study, series_uid=synthetic_uid("s", 2))
+    kept_too = write("kept2.dcm", n=4, study_uid=study, series_uid=synthetic_uid("s", 2))
+    gone = [
+        write(f"gone{n}.dcm", n=n, study_uid=study, series_uid=synthetic_uid("s", 1))
+        for n in (2, 3)
+    ]
+    index = Index()
+    for path in (kept, kept_too, *gone):
+        index.add(parsed(path))
+    index.remove_path(str(kept_too))  # the study's and patient's source: they are stale now
+    index.remove_path(str(gone[0]))  # its series' source: stale too...
+    index.remove_path(str(gone[1]))  # ...and then empty, and gone
+    assert index.stale_sources() == [str(kept)]
