@@ -13,7 +13,6 @@ import logging
 import signal
 import sys
 import threading
-import warnings
 from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
@@ -219,9 +218,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fsqr: {exc}", file=sys.stderr)
         return EXIT_USAGE
     _setup_logging(config.log_level, args.log_format, explain=args.explain)
-    # watchdog warns, from its own thread, when a folder made by `mkdir -p` (or by a C-STORE)
-    # gets its inotify watch twice: a benign race it resolves itself (fsqr/watch.py).
-    warnings.filterwarnings("ignore", "Callback with id", RuntimeWarning, "watchdog")
     return _serve(config)
 
 

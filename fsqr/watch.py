@@ -42,6 +42,7 @@ import stat
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,39 @@ from fsqr.scan import read_header, scan_files
 from fsqr.tree import is_candidate_name, walk
 
 log = logging.getLogger(__name__)
+
+
+class _WatchdogWarnings:
+    """The `warnings` module as watchdog's inotify code sees it, but for its "Callback with id"
+    warnings, logged at debug instead.
+
+    watchdog warns, from its own thread, when a folder made by `mkdir -p` (or by a C-STORE)
+    gets its inotify watch twice: a benign race it resolves itself. Each warning holds its whole
+    watch table (a 200-folder `mkdir -p` wrote 12 MB to stderr), and under `-W error` (the
+    README's test command, a CI user's) it ended watchdog's thread. Replaced here, at the one
+    place fsqr meets watchdog, for every server: the command line's, an embedded one, a test's.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(warnings, name)
+
+    def warn(self, message: Any, category: Any = None, stacklevel: int = 1, **kwargs: Any) -> None:
+        if str(message).startswith("Callback with id"):
+            log.debug("watchdog: %s", str(message)[:200])
+            return
+        warnings.warn(message, category, stacklevel + 1, **kwargs)
+
+
+def _quiet_watchdog() -> None:
+    try:
+        from watchdog.observers import inotify_c  # noqa: PLC0415 - Linux only
+    except ImportError:  # no inotify on this platform: nothing that warns so
+        return
+    if getattr(inotify_c, "warnings", None) is warnings:
+        inotify_c.warnings = _WatchdogWarnings()  # type: ignore[assignment,attr-defined]
+
+
+_quiet_watchdog()
 
 SETTLE = 0.5  # seconds a file's size and mtime must hold still before it is read
 WRITE_GRACE = 5.0  # seconds of quiet after which a file written to but never closed is read

@@ -132,18 +132,6 @@ def dcmtk(tool: str) -> str:
     pytest.skip(message)
 
 
-@pytest.fixture(autouse=True)
-def _ignore_watchdogs_duplicate_watch_warning() -> Iterator[None]:
-    """watchdog warns, from its own inotify thread, when a folder made by `mkdir -p` (or by a
-    C-STORE) gets its watch twice: a benign race it resolves itself. Under -W error that warning
-    would end watchdog's thread, so every test ignores it, as `fsqr serve` does."""
-    import warnings  # noqa: PLC0415 (kept inside: this file only grows fixtures at its end)
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Callback with id", RuntimeWarning)
-        yield
-
-
 @pytest.fixture(autouse=True, scope="session")
 def _pynetdicom_clients_keep_their_responses(pynetdicom_keeps_its_responses: None) -> None:
     """The tests' pynetdicom clients run with fsqr's fix for pynetdicom racing itself (the

@@ -433,3 +433,22 @@ def test_a_file_replaced_by_a_fifo_or_a_link_is_no_longer_served(
         os.symlink(live.make("outside.dcm", 1, patient_name="OUTSIDE^SECRET"), made)
     os.rename(made, target)
     assert wait_until(live.gone(sop(1)))
+
+
+def test_watchdogs_duplicate_watch_warning_never_reaches_a_test_run_with_w_error(
+    live: Live,
+) -> None:
+    """watchdog warns, from its own thread, when a folder made by `mkdir -p` gets its watch
+    twice (a race it resolves itself); under -W error that ended its thread, in an embedded
+    server and in the pytest plugin's alike. Deep folders made at once, under "error"."""
+    import warnings  # noqa: PLC0415
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for n in range(5):
+            deep = live.root.joinpath(*[f"d{n}"] * 30)
+            deep.mkdir(parents=True)
+            write_instance(instance(n=n + 1), deep / "x.dcm")
+        for n in range(5):
+            assert wait_until(lambda n=n: live.path_of(sop(n + 1)) is not None)
+    assert live.server.watcher is not None and not live.server.watcher.polling
