@@ -188,7 +188,8 @@ class Index:
             self._add(parsed, serve)
 
     def update(self, parsed: Parsed) -> bool:
-        """`add`, unless this path is indexed at this size and mtime already; True if it added.
+        """`add`, unless this path is indexed at this size, mtime and ctime already; True if it
+        added.
 
         The watcher indexes through here, so that its event for a file C-STORE has just
         written and indexed (and perhaps chosen to serve) changes nothing.
@@ -196,7 +197,7 @@ class Index:
         new = parsed.instance
         with self._lock:
             held = self._at(new.path)
-            if held is not None and (held.size, held.mtime_ns) == (new.size, new.mtime_ns):
+            if held is not None and held.stamp == new.stamp:
                 return False
             self._add(parsed, serve=False)
             return True
@@ -205,6 +206,11 @@ class Index:
         instance = parsed.instance
         filed = self._files.get(instance.folder)
         if filed is not None and instance.name in filed:  # a file indexed again: the old goes
+            old = filed[instance.name]
+            # The copy served, read again as the same instance (rewritten in place), stays the
+            # copy served: removing it first would reveal an older copy of it instead.
+            uid = instance.sop_instance_uid
+            serve = serve or (old.sop_instance_uid == uid and self._served.get(uid) is old)
             self._remove_path(instance.path)
         self._file(instance)
         uid = instance.sop_instance_uid
@@ -518,13 +524,14 @@ class Index:
         with self._lock:
             return [folder + name for folder, files in self._files.items() for name in files]
 
-    def stamps_under(self, folder: str) -> dict[str, tuple[int, int]]:
-        """Size and mtime (ns) of every indexed file below `folder`, by path: what a rescan
-        compares the disk with."""
+    def stamps_under(self, folder: str) -> dict[str, tuple[int, int, int]]:
+        """Size, mtime and ctime (ns) of every indexed file below `folder`, by path: what a
+        rescan compares the disk with (the ctime catches a file rewritten with its size and
+        mtime kept, as a warm restart's check does)."""
         with self._lock:
             prefix = folder.rstrip(os.sep) + os.sep
             return {
-                held + name: (instance.size, instance.mtime_ns)
+                held + name: (instance.size, instance.mtime_ns, instance.ctime_ns)
                 for held, files in self._files.items()
                 if held.startswith(prefix)
                 for name, instance in files.items()

@@ -181,8 +181,14 @@ def write_atomic(
                 os.fsync(fd)
             st = os.fstat(fd)
         finally:
-            os.close(fd)
+            os.close(fd)  # before the rename: closed after it, the watcher would read it again
         os.replace(temp, target)
+        # The rename sets the ctime on most file systems: the stamp a rescan or a warm restart
+        # compares the file with is the one it has from now on (unless replaced meanwhile).
+        with contextlib.suppress(OSError):
+            now = os.stat(target)
+            if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                st = now
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)

@@ -100,7 +100,9 @@ _HEALTH_EVERY = 1.0  # seconds between checks that watchdog's threads still run
 _QUIET_REASONS = ("not a DICOM file", "DICOMDIR", "empty file")  # logged at debug, as at start-up
 _IN_DELETE_SELF = 0x400  # inotify(7)
 
-Stamp = tuple[int, int]  # size, mtime in ns: a file that changed no longer matches
+# Size, mtime and ctime in ns: a file that changed no longer matches, even one rewritten with
+# its size and mtime kept (the ctime no tool can set back).
+Stamp = tuple[int, int, int]
 
 
 class Kind(enum.Enum):
@@ -576,9 +578,9 @@ class Watcher:
             if self.index.remove_path(path) is not None:
                 log.debug("removed %s: no longer a regular file", path)
             return
-        stamp = (st.st_size, st.st_mtime_ns)
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         held = self.index.instance_at(path)
-        if not force and held is not None and (held.size, held.mtime_ns) == stamp:
+        if not force and held is not None and (held.size, held.mtime_ns, held.ctime_ns) == stamp:
             return  # already indexed as it is: a C-STORE's rename, a rescan, a repeated event
         if not force and self._reported.get(path) == stamp:
             return
@@ -657,4 +659,4 @@ def _stamp(path: str) -> Stamp | None:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns) if stat.S_ISREG(st.st_mode) else None

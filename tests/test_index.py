@@ -108,6 +108,23 @@ def test_a_duplicate_is_revealed_when_the_served_copy_goes(write: Callable[..., 
     assert index.counts().files == 1
 
 
+def test_the_served_copy_read_again_stays_the_copy_served(write: Callable[..., Path]) -> None:
+    """Rewritten in place (the watcher reads it again): an older copy elsewhere was revealed
+    instead, and C-GET sent its bytes, until a restart served the new one."""
+    first = write("one/x.dcm", n=7, patient_name="FIRST^V1")
+    second = write("two/x.dcm", n=7, patient_name="SECOND")
+    index = Index()
+    index.add(parsed(first))
+    index.add(parsed(second))
+    write("one/x.dcm", n=7, patient_name="FIRST^V2")
+    index.add(parsed(first))
+    served = index.instance(synthetic_uid("sop", "PID1", 7))
+    assert served is not None and served.path == str(first)
+    (patient,) = index.entities(Level.PATIENT, {})
+    assert patient.patient.get("PatientName") == "FIRST^V2"
+    assert (index.counts().instances, index.counts().files) == (1, 2)
+
+
 def test_re_adding_a_path_replaces_it(write: Callable[..., Path]) -> None:
     path = write("x.dcm", patient_name="OLD^NAME")
     index = Index()
@@ -188,7 +205,8 @@ def test_stamps_under_a_folder(write: Callable[..., Path]) -> None:
     index = Index()
     index.add_many([parsed(inside), parsed(outside)])
     stat = inside.stat()
-    assert index.stamps_under(str(inside.parent)) == {str(inside): (stat.st_size, stat.st_mtime_ns)}
+    stamp = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    assert index.stamps_under(str(inside.parent)) == {str(inside): stamp}
 
 
 # -- at scale: records first, counts for the matches only; lean records ---------------------------

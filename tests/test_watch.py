@@ -247,6 +247,24 @@ def test_polling_mode(tmp_path: Path, start_server: Callable[..., Server]) -> No
     assert wait_until(lambda: server.index.counts().files == 0)
 
 
+def test_polling_sees_a_file_rewritten_with_its_size_and_mtime_kept(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """Another instance written over a file, its mtime set back (`touch -r`, a restore): only
+    the ctime tells, as a warm restart's check knows; polling compared size and mtime only."""
+    root = tmp_path / "root"
+    root.mkdir()
+    server = start_server(root, watch="polling", poll_interval=0.2)
+    target = write_instance(instance(n=1), root / "a.dcm")
+    assert wait_until(lambda: server.index.instance(sop(1)) is not None)
+    before = target.stat()
+    write_instance(instance(n=2), target)  # the same length: only its UIDs differ
+    assert target.stat().st_size == before.st_size
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert wait_until(lambda: server.index.instance(sop(2)) is not None)
+    assert server.index.instance(sop(1)) is None
+
+
 def test_watch_off_has_no_watcher(tmp_path: Path, start_server: Callable[..., Server]) -> None:
     assert start_server(tmp_path, watch="off").watcher is None
 
