@@ -35,10 +35,12 @@ user can write (it is created readable by that user alone; it also holds patient
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import marshal
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -206,7 +208,11 @@ def read_snapshot(source: Path, root: Path) -> Snapshot | None:
 def _read_parts(source: Path) -> tuple[str, memoryview, memoryview] | str:
     """The body's digest, its stamps part and its records part (see `write_snapshot`), or what
     is wrong with the file. Raises OSError if it cannot be read."""
-    with open(source, "rb") as f:
+    # Not waiting on a FIFO's writer, nor reading a device without end: a regular file only.
+    fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(source))
         header = f.readline(200)
         body = f.read()
     words = header.decode("ascii", "replace").split()

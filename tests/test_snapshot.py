@@ -182,6 +182,20 @@ def test_a_damaged_snapshot_is_ignored_with_one_log_line(
     assert line.startswith(f"index snapshot {target} not used")
 
 
+def test_a_fifo_where_the_snapshot_should_be_is_ignored_not_waited_on(
+    write: Write, tree: Path, target: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A start waited for the FIFO's writer for ever (and read /dev/zero through a link until
+    memory ran out): a warning, and every file is read."""
+    write("study/1.dcm", n=1)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(target)
+    config = server_config(tree, index_snapshot=str(target))
+    with caplog.at_level(logging.WARNING, logger="fsqr.snapshot"), Server(config) as server:
+        assert c_find_image(server, _uid(1)) == 1
+    assert any("not a regular file" in m for m in caplog.messages)
+
+
 def test_a_whole_snapshot_that_does_not_hold_together_is_ignored(
     tree: Path, target: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
