@@ -275,10 +275,12 @@ def _dul_loop(dul: Any, wake_up: _WakeUp) -> None:
                 dul.socket.close()
             dul.to_user_queue.put(None)  # the association thread may wait for a request
             return
-        if event == "Evt17" and awaiting_request:
-            # Closed before any request (a port check, a stop): pynetdicom tells the
-            # association thread nothing, and it would wait out its ACSE timeout for a request
-            # that cannot come. None is what that wait returns when it gives up.
+        no_request_yet = dul.assoc.is_acceptor and dul.assoc.requestor.primitive is None
+        if event == "Evt17" and (awaiting_request or (state == "Sta13" and no_request_yet)):
+            # Closed before any request (a port check, a stop), or after fsqr aborted one it
+            # could not read: pynetdicom tells the association thread nothing, and it would
+            # wait out its ACSE timeout for a request that cannot come. None is what that wait
+            # returns when it gives up.
             dul.to_user_queue.put(None)
 
 

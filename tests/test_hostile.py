@@ -583,3 +583,17 @@ def test_a_request_without_a_workable_maximum_length_is_rejected(
         sock.sendall(request)
         assert _read_pdu(sock)[:1] == b"\x03"  # A-ASSOCIATE-RJ
     assert echo_works(server)
+
+
+def test_an_unreadable_request_frees_its_association_once_the_peer_hangs_up(
+    sample_tree: Path, start_server: Callable[..., Server]
+) -> None:
+    """An A-ASSOCIATE-RQ pynetdicom cannot decode is aborted (PS3.8 9.2, AA-1); once the peer
+    closes, the association's thread must end, not wait its ACSE timeout (30 s) for a request
+    that cannot come, holding a place of the association limit and delaying a stop."""
+    server = start_server(sample_tree)
+    assert server._listener is not None
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"\x01\x00\x00\x00\x00\x10" + b"x" * 16)
+        assert _read_pdu(sock)[:1] == b"\x07"  # A-ABORT
+    assert wait_until(lambda: not server._listener.active_associations, timeout=3)
