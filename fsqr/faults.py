@@ -47,19 +47,40 @@ def rule_for(rules: Sequence[FaultRule], operation: Operation, calling_ae: str) 
     return None
 
 
+_LOOK_EVERY = 0.05  # seconds between looks at the association during a delay
+
+
 class Fault:
     """A rule at work on one request: it waits before each step, answers its status, and counts
     the steps done (`step`) until `cut_short` says the association is to be aborted."""
 
-    def __init__(self, rule: FaultRule, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        rule: FaultRule,
+        sleep: Callable[[float], None] = time.sleep,
+        ended: Callable[[], bool] | None = None,
+    ) -> None:
         self.rule = rule
         self.steps = 0
         self._sleep = sleep
+        self._ended = ended  # the association is over: nobody waits for the answer any more
 
-    def pause(self) -> None:
-        """Wait `delay_ms` before a response or a sub-operation."""
-        if self.rule.delay_ms:
-            self._sleep(self.rule.delay_ms / 1000)
+    def pause(self) -> bool:
+        """Wait `delay_ms` before a response or a sub-operation; False when the association
+        ended meanwhile (a client that gave up, a server stopping), which ends the wait too:
+        a delay longer than the client's patience is how a test fakes a PACS that never
+        answers, and it kept a thread busy, and a stop waiting, for the whole delay."""
+        delay = self.rule.delay_ms / 1000
+        if self._ended is None:
+            if delay:
+                self._sleep(delay)
+            return True
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            if self._ended():
+                return False
+            self._sleep(min(left, _LOOK_EVERY))
+        return not self._ended()
 
     def raise_status(self) -> None:
         """Raise InjectedFault when the rule answers a status instead of the request."""

@@ -158,6 +158,16 @@ def _read_within(sock: Any, nr_bytes: int, deadline: float, network: float, who:
     return data
 
 
+def _ended(assoc: Any) -> bool:
+    """True once nobody waits for this association's answers: aborted or closed by the peer
+    (its DUL no longer in Sta6, PS3.8 9.2: the association thread, busy with the request,
+    has not heard of it yet), or aborted by fsqr."""
+    return not assoc.is_established or assoc.dul.state_machine.current_state != "Sta6"
+
+
+NO_ONE_WAITS = "no answer: the association ended during the fault's delay"
+
+
 def _values_of(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, MultiValue)) else [value]
 
@@ -458,7 +468,7 @@ class Handlers:
         rule = faults.rule_for(self.config.faults, operation, calling)
         if rule is None:
             return None
-        fault = faults.Fault(rule)
+        fault = faults.Fault(rule, ended=functools.partial(_ended, event.assoc))
         log.info(
             "C-%s from %s: fault rule applies (%s)",
             operation.upper(),
@@ -485,12 +495,14 @@ class Handlers:
     def on_echo(self, event: Any) -> int | Dataset:
         started = Started.now()
         fault = None
-        code, comment = status.SUCCESS, ""
+        code: int | None = status.SUCCESS
+        comment = ""
         try:
             self._authorize(event, "echo")
             fault = self._fault(event, "echo")
-            if fault is not None:
-                fault.pause()
+            if fault is not None and not fault.pause():
+                code, comment = None, NO_ONE_WAITS
+            elif fault is not None:
                 fault.raise_status()
         except DimseError as exc:
             code, comment = exc.status, exc.comment
@@ -500,10 +512,12 @@ class Handlers:
         log.info(
             "C-ECHO from %s: %s, %.1f ms",
             caller(event.assoc),
-            f"{code:04X} {comment}".rstrip(),
+            comment if code is None else f"{code:04X} {comment}".rstrip(),
             served.duration_ms,
             extra={"operation": served.as_json()},
         )
+        if code is None:
+            return status.UNABLE_TO_PROCESS  # goes nowhere: the association is over
         explain.echo(caller(event.assoc), code)
         return failure(code, comment) if code != status.SUCCESS else status.SUCCESS
 
@@ -755,8 +769,19 @@ class Handlers:
         try:
             self._authorize(event, "store")
             fault = self._fault(event, "store")
+            if fault is not None and not fault.pause():
+                self._served(
+                    event,
+                    started,
+                    "C-STORE",
+                    status=None,
+                    comment=f"{NO_ONE_WAITS}; not stored",
+                    model=sop_class,
+                    fault=True,
+                )
+                log.info("C-STORE %s from %s: %s; not stored", uid, who, NO_ONE_WAITS)
+                return status.OUT_OF_RESOURCES  # goes nowhere: the association is over
             if fault is not None:
-                fault.pause()
                 fault.raise_status()
             encoded = received_file(event, self.config.ae_title)
             stored = self.receiver.store(encoded, sop_class, uid)
@@ -859,8 +884,10 @@ class Handlers:
         try:
             self._authorize(event, "find")
             fault = find.fault = self._fault(event, "find")
+            if fault is not None and not fault.pause():
+                self._find_done(find, None, NO_ONE_WAITS)
+                return
             if fault is not None:
-                fault.pause()
                 fault.raise_status()
             tick = time.perf_counter()
             find.level, results, pending = answers(event)
@@ -890,7 +917,9 @@ class Handlers:
                 yield pending, answer
                 if fault is not None:
                     fault.step()
-                    fault.pause()  # before the next response, whatever it is
+                    if not fault.pause():  # before the next response, whatever it is
+                        self._find_done(find, None, NO_ONE_WAITS)
+                        return
         except DimseError as exc:
             self._find_done(find, exc.status, exc.comment)
             yield failure(exc.status, exc.comment), None

@@ -185,6 +185,32 @@ def test_each_operation_answers_the_injected_status_instead_of_serving(
     assert server.index.counts().instances == INSTANCES  # nothing stored
 
 
+@pytest.mark.parametrize("operation", ["echo", "find", "store"])
+def test_a_delay_longer_than_the_clients_patience_ends_with_the_association(
+    tree: Path,
+    start_server: Callable[..., Server],
+    clients: Callable[..., Any],
+    operation: str,
+) -> None:
+    """How a test fakes a PACS that never answers: the client gives up and aborts. The delay
+    ended only when it had run its course (a thread busy for 30 s, a stop kept waiting 5 s),
+    and the record then said 0000 for an answer nobody got."""
+    server = start_server(tree, faults=[{"operation": operation, "delay_ms": 30000}])
+    assoc = clients(server)
+    assoc.dimse_timeout = 0.5
+    started = time.monotonic()
+    REQUESTS[operation](assoc)  # no answer: pynetdicom aborts when its DIMSE timeout passes
+    assert wait_until(lambda: len(server.operations) == 1, timeout=3)
+    (served,) = server.operations
+    assert served.status is None
+    assert "association ended during the fault's delay" in served.comment
+    assert time.monotonic() - started < 3
+    assert server.index.counts().instances == INSTANCES  # a store never answered stored nothing
+    stopped = time.monotonic()
+    server.stop()
+    assert time.monotonic() - stopped < 1
+
+
 # -- dropping the association ------------------------------------------------------------------
 
 
