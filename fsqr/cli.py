@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import threading
+from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
@@ -105,7 +106,10 @@ class JsonLines(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            # UTC to the millisecond, with its zone, as each operation's `started` is.
+            "time": datetime.fromtimestamp(record.created, timezone.utc)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

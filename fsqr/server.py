@@ -195,12 +195,17 @@ class Server:
 
     @property
     def host(self) -> str:
-        return str(self._listener.server_address[0])
+        return str(self._running().server_address[0])
 
     @property
     def port(self) -> int:
         """The port actually bound: the free one the system chose when configured as 0."""
-        return int(self._listener.server_address[1])
+        return int(self._running().server_address[1])
+
+    def _running(self) -> Any:
+        if self._listener is None:  # not "'NoneType' object has no attribute ..."
+            raise RuntimeError(f"{self.ae_title} is not listening: start() it first")
+        return self._listener
 
     @property
     def ae_title(self) -> str:

@@ -96,6 +96,9 @@ def walk_entries(root: Path, boundary: Path | None = None) -> Iterator[os.DirEnt
                 continue
             seen_dirs.add((st.st_dev, st.st_ino))
             entries = list(os.scandir(folder))
+        except FileNotFoundError:  # gone since it was listed (renamed on, or deleted): not news
+            log.debug("folder %s gone while walked", folder)
+            continue
         except OSError as exc:
             log.warning("cannot read folder %s: %s", folder, exc)
             continue

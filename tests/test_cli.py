@@ -182,6 +182,8 @@ def test_json_logs_are_one_object_per_line(serve: type[Running]) -> None:
     assert any("listening on 127.0.0.1:" in r["message"] for r in records)
     assert any(r["message"].startswith("C-ECHO from CLITEST") for r in records)
     assert {"time", "level", "logger", "message"} <= set(records[0])
+    # UTC with its zone, to the millisecond, as each operation's `started` is.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", records[0]["time"])
     # The request's record (fsqr/operations.py) and the association's summary, as objects.
     (echoed,) = [r["operation"] for r in records if "operation" in r]
     assert (echoed["operation"], echoed["calling_ae"], echoed["status"]) == (

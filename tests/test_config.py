@@ -453,7 +453,9 @@ def test_shipped_example_loads() -> None:
     assert config.worklist == REPO / "sample_data" / "worklist"
     assert (config.ae_title, config.port) == ("FSQR", 11112)
     assert config.peer("STORESCP") == Peer("STORESCP", "127.0.0.1", 11113)
-    assert len(config.ae_table) == 2
+    # examples/move_to_myself.py, as docs/how-a-c-move-works.md runs it against this file
+    assert config.peer("EXAMPLE") == Peer("EXAMPLE", "127.0.0.1", 11113)
+    assert len(config.ae_table) == 3
 
 
 def test_shipped_example_shows_the_defaults() -> None:

@@ -31,6 +31,8 @@ def test_a_context_manager_on_a_free_local_port(tmp_path: Path) -> None:
         port = server.port
     with socket.socket() as probe:  # stopped: nothing listens there any more
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+    with pytest.raises(RuntimeError, match="EMBEDDED is not listening: start"):
+        _ = server.port  # not "'NoneType' object has no attribute 'server_address'"
 
 
 def test_stop_does_not_wait_for_the_accept_loop_to_look(

@@ -10,12 +10,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 
-from fsqr import scan, server
+from fsqr import scan, server, tree
 from fsqr.records import Parsed, Skipped
 from fsqr.scan import read_header, scan_files
 from fsqr.synthetic import write_tree
@@ -274,3 +275,29 @@ def test_a_scan_does_not_wait_for_a_helper_to_read_what_it_has_read_itself(
     results = list(scan_files(paths, helpers=helpers))
     assert sorted(r.instance.path for r in results if isinstance(r, Parsed)) == sorted(paths)
     assert not any(helper.process.is_alive() for helper in helpers)
+
+
+def test_a_folder_gone_while_the_walk_reaches_it_is_not_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder renamed twice in a row (`mv A B; mv B C`): the rescan of B finds it gone.
+    Not news (the churn probe saw thousands of such warnings); a folder that cannot be read
+    for another reason still is."""
+    (tmp_path / "gone").mkdir()
+    (tmp_path / "locked").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path: Any) -> Any:
+        if str(path).endswith("gone"):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(tree.os, "scandir", scandir)
+    with caplog.at_level(logging.WARNING, logger="fsqr.tree"):
+        assert list(tree.walk(tmp_path)) == []
+    assert [m for m in caplog.messages if "cannot read folder" in m] == [
+        f"cannot read folder {tmp_path / 'locked'}: [Errno 13] Permission denied: "
+        f"'{tmp_path / 'locked'}'"
+    ]
