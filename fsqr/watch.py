@@ -31,6 +31,7 @@ none is lost and none is undone by the scan's older view of a file.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import enum
 import errno
@@ -96,6 +97,7 @@ _quiet_watchdog()
 SETTLE = 0.5  # seconds a file's size and mtime must hold still before it is read
 WRITE_GRACE = 5.0  # seconds of quiet after which a file written to but never closed is read
 _LIMIT_PROBE_EVERY = 1.0  # seconds between checks that inotify can still add watches
+_RESTARTS_AT_MOST, _RESTARTS_WITHIN = 3, 600.0  # native watchers started anew, in seconds
 _HEALTH_EVERY = 1.0  # seconds between checks that watchdog's threads still run
 _QUIET_REASONS = ("not a DICOM file", "DICOMDIR", "empty file")  # logged at debug, as at start-up
 _IN_DELETE_SELF = 0x400  # inotify(7)
@@ -294,6 +296,7 @@ class Watcher:
         self._observer: BaseObserver | None = None
         self._closes_reported = False
         self._alarm: _OverflowAlarm | None = None
+        self._restarts: list[float] = []  # when the native watcher was started anew
         self._worker: threading.Thread | None = None
         # The worker's own state: only the worker thread touches it.
         self._pending: dict[str, _Pending] = {}
@@ -375,19 +378,29 @@ class Watcher:
         self._health_checked = now
         if observer_alive(observer):
             return
-        log.error(
-            "the file watcher of %s stopped (see the error above): rescanning it every %.1f s",
-            self.root,
-            self.poll_interval,
-        )
         self._observer = None
         self._closes_reported = False
-        self.polling = True
-        self.rescan()
-        try:
+        with contextlib.suppress(Exception):  # the edge: a half-dead observer must not stop us
             observer.stop()
-        except Exception:  # the edge: a half-dead observer must not stop the worker
-            log.exception("cannot stop the file watcher of %s", self.root)
+        if self._alarm is not None:
+            logging.getLogger("watchdog").removeHandler(self._alarm)
+            self._alarm = None
+        # watchdog's thread can die of a race of its own (a folder deleted and made again at
+        # once: a KeyError in its bookkeeping); a new watcher, and a rescan for what happened
+        # meanwhile, bring native watching back. Rescanning every poll_interval instead only
+        # once that keeps failing.
+        self._restarts = [t for t in self._restarts if now - t < _RESTARTS_WITHIN] + [now]
+        if len(self._restarts) <= _RESTARTS_AT_MOST:
+            log.warning("the file watcher of %s stopped (see above): started anew", self.root)
+            self._start_native()
+        if self._observer is None:
+            log.error(
+                "the file watcher of %s stopped (see above): rescanning it every %.1f s",
+                self.root,
+                self.poll_interval,
+            )
+            self.polling = True
+        self.rescan()
 
     def _check_watch_limit(self, now: float) -> None:
         if self._limit_reported or now - self._limit_checked < _LIMIT_PROBE_EVERY:

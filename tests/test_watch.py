@@ -386,17 +386,27 @@ def test_the_watch_limit_falls_back_to_rescans(
     assert wait_until(lambda: server.index.instance(sop(1)) is not None)
 
 
-def test_a_dead_file_watcher_falls_back_to_rescans(
+def test_a_dead_file_watcher_is_started_anew_then_falls_back_to_rescans(
     live: Live, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """watchdog's thread dies of a race of its own (a folder deleted and made again at once):
+    a new watcher, and a rescan for what happened meanwhile; rescans every poll_interval only
+    once it has died more than 3 times in 10 minutes. It used to poll for good at once."""
     watcher = live.server.watcher
     assert watcher is not None and watcher._observer is not None
-    with caplog.at_level(logging.ERROR, logger="fsqr.watch"):
-        watcher._observer.stop()  # as if an exception had ended watchdog's threads
-        assert wait_until(lambda: watcher.polling)
-    assert any("stopped" in r.getMessage() for r in caplog.records)
-    os.rename(live.make("a.dcm"), live.root / "a.dcm")
-    assert wait_until(live.served_at(sop(1), live.root / "a.dcm"), timeout=10)
+    with caplog.at_level(logging.WARNING, logger="fsqr.watch"):
+        for n in range(1, 5):
+            dying = watcher._observer
+            assert dying is not None
+            dying.stop()  # as if an exception had ended watchdog's threads
+            assert wait_until(lambda d=dying: watcher._observer is not d)
+            expected_polling = n > 3
+            assert watcher.polling is expected_polling
+            os.rename(live.make(f"{n}.dcm", n), live.root / f"{n}.dcm")
+            assert wait_until(live.served_at(sop(n), live.root / f"{n}.dcm"), timeout=10)
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("started anew" in m for m in said) == 3
+    assert any("rescanning it every" in m for m in said)
 
 
 def find_values(server: Server, level: str, *keywords: str) -> list[tuple[str, ...]]:
