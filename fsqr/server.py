@@ -66,8 +66,10 @@ Progress = Callable[[int, int], None]
 class Server:
     """A running fsqr: the index of one folder served on one port.
 
-    Give it a `Config`, or settings by keyword, which are the keys of `fsqr.yaml`; embedded, it
-    listens on 127.0.0.1 and a free port unless told otherwise:
+    Give it a `Config`, or settings by keyword, which are the keys of `fsqr.yaml`. Given
+    settings alone, as embedded (a test, a script), it listens on 127.0.0.1 and a free port
+    unless told otherwise; a `Config` (as `fsqr serve` loads one) listens where it says, by
+    default on every interface, port 11112, as a PACS does:
 
         with Server(root="data", ae_table={"ME": {"host": "127.0.0.1", "port": 11113}}) as pacs:
             print(pacs.host, pacs.port, pacs.ae_title, pacs.index.counts())
