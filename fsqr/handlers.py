@@ -851,12 +851,33 @@ class Handlers:
                 query.level.value,
                 _explained_keys(_identifier(event)),
             )
-        answers = find(self.index, query, self.config.ae_title, self.headers)
+        answers = find(
+            self.index,
+            query,
+            self.config.ae_title,
+            self.headers,
+            stopped=lambda: self._stopped(event),
+        )
         unmatched = query.keys_not_matched()
         if unmatched:  # PS3.4 C.4.1.1.4: each match then says so, FF01 rather than FF00
             log.debug("C-FIND keys with a value fsqr does not match on: %s", unmatched)
             return query.level.value, answers, status.PENDING_UNSUPPORTED_KEYS
         return query.level.value, answers, status.PENDING
+
+    def _find_ended(self, find: _FindProgress) -> Iterator[FindResponse]:
+        """A C-FIND's end: FE00 after a C-CANCEL (PS3.7 9.3.2.3), nothing when the
+        association is gone, otherwise Success (pynetdicom sends 0000 itself)."""
+        if _ended(find.event.assoc):
+            self._find_done(find, None, "stopped: the association ended")
+        elif self.cancels.is_cancelled(find.event) or find.event.is_cancelled:
+            self._find_done(find, status.CANCEL)
+            yield status.CANCEL, None
+        else:
+            self._find_done(find, status.SUCCESS)
+
+    def _stopped(self, event: Any) -> bool:
+        """A C-FIND to end now: cancelled by the SCU, or its association gone."""
+        return self.cancels.is_cancelled(event) or bool(event.is_cancelled) or _ended(event.assoc)
 
     def _worklist_answers(self, event: Any) -> tuple[str, Iterator[Dataset], int]:
         if self.worklist is None:
@@ -894,10 +915,6 @@ class Handlers:
             find.busy += time.perf_counter() - tick
             while True:
                 keep_pace_with_the_network(event.assoc)
-                if self.cancels.is_cancelled(event) or event.is_cancelled:
-                    self._find_done(find, status.CANCEL)
-                    yield status.CANCEL, None
-                    return
                 if fault is not None and fault.cut_short:
                     comment = (
                         f"aborted after {_counted(find.matches, 'match')} (faults: abort_after)"
@@ -906,10 +923,10 @@ class Handlers:
                     event.assoc.abort()
                     return
                 tick = time.perf_counter()
-                answer = next(results, None)
+                answer = None if self._stopped(event) else next(results, None)
                 find.busy += time.perf_counter() - tick
-                if answer is None:
-                    self._find_done(find, status.SUCCESS)
+                if answer is None:  # no more matches, or a C-CANCEL, or nobody left to answer
+                    yield from self._find_ended(find)
                     return
                 if cap and find.matches >= cap:  # PS3.4 C.4.1.1.4: A700, Out of Resources
                     raise TooManyResponses(f"more than {cap} matches: narrow the query")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -260,8 +260,17 @@ def parse_retrieve_identifier(identifier: Dataset, model: Model, *, relational: 
 _BATCH = 64  # matches turned into views per visit to the index's lock
 
 
-def find(index: Index, query: Query, ae_title: str, headers: HeaderCache) -> Iterator[Dataset]:
-    """Yield a response identifier for every entity that matches `query`, one at a time.
+def find(
+    index: Index,
+    query: Query,
+    ae_title: str,
+    headers: HeaderCache,
+    stopped: Callable[[], bool] = lambda: False,
+) -> Iterator[Dataset]:
+    """Yield a response identifier for every entity that matches `query`, one at a time; end
+    early once `stopped()` (a C-CANCEL, an association gone), which is asked while matching
+    too: a key read from every file's header can take minutes over a big tree between two
+    answers, and a cancel must not wait for them, nor an abandoned query hold a thread.
 
     The work grows with what matches, not with what is indexed:
 
@@ -279,13 +288,20 @@ def find(index: Index, query: Query, ae_title: str, headers: HeaderCache) -> Ite
     narrowing = _narrowed(index, query, tests)
     later = [k for k in query.keys if k.source in (Source.COMPUTED, Source.FILE)]
     matched: list[Entity] = []
-    for entity in index.entities(query.level, narrowing):
+    for n, entity in enumerate(index.entities(query.level, narrowing)):
+        if n % _LOOK_EVERY == 0 and stopped():
+            return
         if all(test(_record(entity, level).get(keyword)) for level, keyword, test in tests):
             matched.append(entity)
     for start in range(0, len(matched), _BATCH):
         for view in index.views(matched[start : start + _BATCH]):
+            if stopped():  # a header read each: a look each
+                return
             if all(_key_matches(key, view, headers) for key in later):
                 yield response(query, view, ae_title, headers)
+
+
+_LOOK_EVERY = 4096  # candidates matched between two looks at whether to stop
 
 
 _RecordTest = tuple[Level, str, Matcher]  # the record's level, the keyword, the compiled key

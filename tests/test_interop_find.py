@@ -25,12 +25,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from fsqr import dimse
+from fsqr import dimse, scan
 from fsqr.index import SeriesView
 from fsqr.keys import Level
 from fsqr.server import Server
 from fsqr.synthetic import synthetic_uid, write_instance, write_tree
 from tests.conftest import dcmtk, instance, server_config
+from tests.helpers import wait_until
 
 STUDY_ROOT = StudyRootQueryRetrieveInformationModelFind
 PATIENT_ROOT = PatientRootQueryRetrieveInformationModelFind
@@ -566,3 +567,56 @@ def test_a_pending_response_larger_than_the_peers_pdus_is_sent_in_fragments(
     assert matches >= 5
     assert len(pdvs) > 2 * matches + 1
     assert set(pdvs) == {1}
+
+
+@pytest.mark.parametrize("how", ["cancel", "abort"])
+def test_a_query_stopped_while_matching_ends_at_once(
+    tmp_path: Path,
+    start_server: Callable[..., Server],
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    """A key read from each file's header, matching nothing: all the work is between two
+    answers, where a C-CANCEL (FE00) or an abort was only looked at. A 20,000-file tree took
+    13 s to answer a cancel with 0000; 32 aborted queries held every association for
+    minutes. Here each header read is made to take 10 ms."""
+    write_tree(
+        tmp_path / "tree",
+        patients=4,
+        studies_per_patient=1,
+        series_per_study=1,
+        instances_per_series=50,
+    )
+    real_get = scan.HeaderCache.get
+
+    def slow_get(self: Any, path: str) -> Any:
+        time.sleep(0.01)
+        return real_get(self, path)
+
+    monkeypatch.setattr(scan.HeaderCache, "get", slow_get)
+    server = start_server(tmp_path / "tree")
+    ae = AE(ae_title="PYCLIENT")
+    ae.add_requested_context(STUDY_ROOT)
+    relational = SOPClassExtendedNegotiation()  # IMAGE level without the UIDs above it
+    relational.sop_class_uid = STUDY_ROOT
+    relational.service_class_application_information = b"\x01"
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="FSQR", ext_neg=[relational])
+    assert assoc.is_established
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "IMAGE"
+    ds.SOPInstanceUID = ""
+    ds.MagneticFieldStrength = "9.9"  # read from each file: matches none of the 200
+    started = time.monotonic()
+    responses = assoc.send_c_find(ds, STUDY_ROOT, msg_id=5)
+    time.sleep(0.3)
+    if how == "cancel":
+        assoc.send_c_cancel(5, query_model=STUDY_ROOT)
+        statuses = [int(s.Status) for s, _ in responses]
+        assert statuses == [0xFE00]
+        assoc.release()
+    else:
+        assoc.abort()
+    assert wait_until(lambda: len(server.operations) == 1, timeout=1.5)
+    assert time.monotonic() - started < 2  # the whole match takes 2 s or more
+    (served,) = server.operations
+    assert served.status == (0xFE00 if how == "cancel" else None)
