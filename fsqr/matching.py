@@ -37,7 +37,8 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
-from functools import lru_cache
+from functools import lru_cache, wraps
+from typing import Any, TypeVar, cast
 
 __all__ = [
     "Matcher",
@@ -53,6 +54,33 @@ __all__ = [
 
 Matcher = Callable[[str], bool]
 """A compiled Key Attribute: takes a stored value, says whether it matches."""
+
+
+# Text longer than this is never kept in a cache: a peer's key may be megabytes (a UID list, a
+# wild card of 200,000 "*"), and every distinct one kept made a server grow without bound
+# (26 MB a query). Compiling such a key again costs little next to matching it.
+_CACHED_UP_TO = 1024  # characters of all the arguments together
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def _cache_when_short(maxsize: int) -> Callable[[_Function], _Function]:
+    """`functools.lru_cache(maxsize)`, for calls whose text arguments are short only."""
+
+    def wrap(function: _Function) -> _Function:
+        cached = lru_cache(maxsize=maxsize)(function)
+
+        @wraps(function)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if sum(len(a) for a in args if isinstance(a, str)) > _CACHED_UP_TO:
+                return function(*args, **kwargs)
+            return cached(*args, **kwargs)
+
+        call.cache_info = cached.cache_info  # type: ignore[attr-defined]
+        return cast(_Function, call)
+
+    return wrap
+
 
 # PS3.4 C.2.2.2.4: the VRs on which "*" and "?" are Wild Card Matching. On every other VR a
 # key of "*" alone is still Universal Matching (C.2.2.2.4 Note 1) and any other "*" is literal.
@@ -125,7 +153,7 @@ def match(vr: str, pattern: str, value: str) -> bool:
     return matcher(vr, pattern)(value)
 
 
-@lru_cache(maxsize=4096)
+@_cache_when_short(maxsize=4096)
 def matcher(vr: str, pattern: str) -> Matcher:
     """Compile a Key Attribute once; the result is called per candidate.
 
@@ -178,7 +206,7 @@ def is_universal(vr: str, pattern: str) -> bool:
     return matcher(vr, pattern) is _universal
 
 
-@lru_cache(maxsize=65536)
+@_cache_when_short(maxsize=65536)
 def fold_person_name(text: str) -> str:
     """Fold a Person Name for case- and accent-insensitive matching.
 
@@ -209,7 +237,7 @@ def match_wildcard(pattern: str, value: str) -> bool:
     return match_wildcard_compiled(pattern)(value)
 
 
-@lru_cache(maxsize=4096)
+@_cache_when_short(maxsize=4096)
 def match_wildcard_compiled(pattern: str, *, padded: bool = False) -> Matcher:
     """Compile a wild card pattern into a test that takes linear time in the value's length.
 
@@ -336,7 +364,7 @@ def _each_value(test: Matcher, *, split: bool, strip: Callable[[str], str]) -> M
 # --- Person Names ----------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=65536)
+@_cache_when_short(maxsize=65536)
 def _name_groups(name: str, by_character: bool = False) -> tuple[str, ...]:
     """One PN value as folded component groups, without trailing empty components or groups.
 

@@ -619,3 +619,16 @@ def test_a_name_that_matches_has_a_term_with_a_prefix_of_the_key(
         for term in person_name_terms(value)
         for prefix in prefixes
     )
+
+
+def test_a_long_key_is_matched_but_never_kept() -> None:
+    """Each distinct key of megabytes stayed in the compiled-key caches: a peer sending such
+    queries made the server grow by 26 MB a query, for good."""
+    before = matcher.cache_info().currsize  # type: ignore[attr-defined]
+    for n in range(5):
+        key = f"*{n}" + "*ab" * 2000 + "*"
+        assert match("LO", key, f"x{n}" + "ab" * 2000 + "y")
+        assert match("PN", key, f"{n}" + "ab" * 2000)
+    assert matcher.cache_info().currsize == before  # type: ignore[attr-defined]
+    assert match("LO", "DOE*", "DOE^JOHN")  # a short one still is
+    assert matcher.cache_info().currsize <= before + 1  # type: ignore[attr-defined]
