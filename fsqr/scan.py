@@ -409,13 +409,18 @@ class HeaderCache:
     """Whole headers (no pixels), read on demand for keys the index does not hold.
 
     Keyed by path and checked against the file's size and mtime, so a changed file is read
-    again; the least recently used headers are dropped beyond `capacity`. Thread-safe.
+    again; the least recently used headers are dropped beyond `capacity` headers or `budget`
+    bytes of them (as read from the file). A header is not big because its image is (the
+    pixels are never read), but a PDF, an RT structure set or a report may hold megabytes
+    before any pixels: 512 of those were kept, gigabytes, by a count alone. Thread-safe.
     """
 
-    def __init__(self, capacity: int = 512) -> None:
+    def __init__(self, capacity: int = 512, budget: int = 64 << 20) -> None:
         self._capacity = capacity
+        self._budget = budget
         self._lock = threading.Lock()
-        self._items: OrderedDict[str, tuple[tuple[int, int], Dataset | None]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[tuple[int, int], Dataset | None, int]] = OrderedDict()
+        self._bytes = 0
 
     def get(self, path: str) -> Dataset | None:
         """The header of `path`, or None when the file is gone or no longer readable."""
@@ -429,20 +434,28 @@ class HeaderCache:
             if cached is not None and cached[0] == stamp:
                 self._items.move_to_end(path)
                 return cached[1]
-        header = _read_whole_header(path)
+        header, size = _read_whole_header(path)
+        if size > self._budget // 8:  # one that would push out a crowd of others: not kept
+            return header
         with self._lock:
-            self._items[path] = (stamp, header)
-            self._items.move_to_end(path)
-            while len(self._items) > self._capacity:
-                self._items.popitem(last=False)
+            replaced = self._items.pop(path, None)
+            self._bytes += size - (replaced[2] if replaced else 0)
+            self._items[path] = (stamp, header, size)
+            while len(self._items) > self._capacity or self._bytes > self._budget:
+                _, (_, _, dropped) = self._items.popitem(last=False)
+                self._bytes -= dropped
         return header
 
 
-def _read_whole_header(path: str) -> Dataset | None:
+def _read_whole_header(path: str) -> tuple[Dataset | None, int]:
+    """The header of `path` and how many bytes of the file it took; (None, 0) if unreadable.
+    Opened as every served file is (`tree.open_served`: no link followed, no FIFO waited on)."""
     try:
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
-            return dcmread(path, stop_before_pixels=True, force=True)
+            with os.fdopen(open_served(path), "rb") as fp:
+                header = dcmread(fp, stop_before_pixels=True, force=True)
+                return header, fp.tell()
     except Exception as exc:  # the file changed or broke since it was indexed
         log.debug("cannot read header of %s: %s", path, exc)
-        return None
+        return None, 0

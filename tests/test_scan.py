@@ -19,9 +19,9 @@ from pydicom.dataset import FileMetaDataset
 from fsqr import scan, server, tree
 from fsqr.records import Parsed, Skipped
 from fsqr.scan import read_header, scan_files
-from fsqr.synthetic import write_tree
+from fsqr.synthetic import write_instance, write_tree
 from fsqr.tree import walk
-from tests.conftest import write_dicomdir
+from tests.conftest import instance, write_dicomdir
 
 
 def test_a_valid_file_is_split_into_records(write: Callable[..., Path]) -> None:
@@ -301,3 +301,24 @@ def test_a_folder_gone_while_the_walk_reaches_it_is_not_a_warning(
         f"cannot read folder {tmp_path / 'locked'}: [Errno 13] Permission denied: "
         f"'{tmp_path / 'locked'}'"
     ]
+
+
+def test_the_header_cache_is_bounded_by_bytes_not_only_by_count(tmp_path: Path) -> None:
+    """A PDF, a report or an RT structure set holds megabytes before any pixels: 512 such
+    headers (a count alone bounded the cache) were gigabytes held after one query."""
+    small = write_instance(instance(n=1), tmp_path / "small.dcm")
+    big = instance(n=2)
+    big.EncapsulatedDocument = bytes(300_000)  # read with the header: no pixels to stop at
+    big_path = write_instance(big, tmp_path / "big.dcm")
+    cache = scan.HeaderCache(capacity=100, budget=20_000)
+    for _ in range(2):
+        assert cache.get(str(small)) is not None
+        header = cache.get(str(big_path))
+        assert header is not None and len(header.EncapsulatedDocument) == 300_000
+    assert list(cache._items) == [str(small)]  # over a budget's eighth: read, never kept
+    for n in range(3, 40):
+        write_instance(instance(n=n), tmp_path / f"{n}.dcm")
+        assert cache.get(str(tmp_path / f"{n}.dcm")) is not None
+    assert 0 < cache._bytes <= 20_000  # some 1.6 kB each: the oldest were dropped by bytes
+    assert len(cache._items) < 38
+    assert cache._bytes == sum(size for _, _, size in cache._items.values())
