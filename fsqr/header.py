@@ -809,9 +809,8 @@ def read_indexed(path: str) -> Parsed | Skipped | None:
     try:
         if not _pydicom_is_default():
             return None
-        fd = open_served(path)
+        fd, st = open_served(path)
         try:
-            st = os.fstat(fd)
             result = _read(_File(fd, st.st_size), path, st) if st.st_size else Skipped(path, EMPTY)
             if isinstance(result, Skipped):  # remembered by this stamp in an index snapshot
                 return Skipped(path, result.reason, stat_stamp(st))

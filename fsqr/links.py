@@ -279,10 +279,10 @@ class StoreSender:
         for an instance (PS3.8 9.3.5: a message is whole only with its last fragment).
         """
         try:
-            fd = open_served(payload.path)
+            fd, st = open_served(payload.path)
         except OSError as exc:
             return retrieve.Stored(None, f"cannot open the file: {exc.strerror or exc}")
-        if not payload.is_the_file(os.fstat(fd)):
+        if not payload.is_the_file(st):
             os.close(fd)
             return retrieve.Stored(None, "the file changed before it was sent")
         req._dataset_path = cast(Any, (fd, payload.offset))  # pynetdicom open()s it, and closes it

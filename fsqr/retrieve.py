@@ -242,8 +242,9 @@ def data_set_bytes(outgoing: Outgoing) -> bytes | None:
     if isinstance(payload, Encoded):
         return payload.data
     try:
-        with os.fdopen(open_served(payload.path), "rb") as fp:
-            if not payload.is_the_file(os.fstat(fp.fileno())):
+        fd, st = open_served(payload.path)
+        with os.fdopen(fd, "rb") as fp:
+            if not payload.is_the_file(st):
                 return None
             fp.seek(payload.offset)
             data = fp.read(outgoing.size + 1)
@@ -330,8 +331,8 @@ def _open_checked(instance: Instance, index: Index, again: bool = True) -> tuple
     """
     path = instance.path
     try:
-        with os.fdopen(open_served(path), "rb") as fp:
-            st = os.fstat(fp.fileno())
+        fd, st = open_served(path)
+        with os.fdopen(fd, "rb") as fp:
             try:
                 header: _Header | None = _read_meta(fp)
             except Exception as exc:  # a file rewritten into something else: read it again below

@@ -138,8 +138,8 @@ def read_header_with_pydicom(path: str) -> Parsed | Skipped:
 
 
 def _read_header(path: str) -> Parsed | Skipped:
-    with os.fdopen(open_served(path), "rb") as fp:
-        st = os.fstat(fp.fileno())
+    fd, st = open_served(path)
+    with os.fdopen(fd, "rb") as fp:
         result = _read_stated(path, st, fp)
     if isinstance(result, Skipped):  # remembered by this stamp in an index snapshot
         return Skipped(path, result.reason, stat_stamp(st))
@@ -453,7 +453,7 @@ def _read_whole_header(path: str) -> tuple[Dataset | None, int]:
     try:
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
-            with os.fdopen(open_served(path), "rb") as fp:
+            with os.fdopen(open_served(path)[0], "rb") as fp:
                 header = dcmread(fp, stop_before_pixels=True, force=True)
                 return header, fp.tell()
     except Exception as exc:  # the file changed or broke since it was indexed

@@ -38,8 +38,9 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLO
 _OPEN_FLAGS |= getattr(os, "O_BINARY", 0)
 
 
-def open_served(path: str) -> int:
-    """A descriptor of the regular file at `path`, to read what is served from it. Raises
+def open_served(path: str) -> tuple[int, os.stat_result]:
+    """A descriptor of the regular file at `path`, to read what is served from it, and its
+    stat (every caller wants it, and fstat is one more system call per file of a scan). Raises
     OSError when it is gone, a symbolic link (whatever it leads to: links are not followed), a
     FIFO, a socket or a device: what a file indexed a moment ago may have been replaced with.
 
@@ -59,7 +60,7 @@ def open_served(path: str) -> int:
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "not a regular file", path)
-    return fd
+    return fd, st
 
 
 def is_inside(path: str, root_real: str) -> bool:
