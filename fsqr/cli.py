@@ -80,6 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _settings_source(args: argparse.Namespace) -> str:
+    """Where `fsqr serve`'s settings come from, as an error names it."""
+    path = args.config
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    return f"{path or 'the defaults'} and the command line"
+
+
 def _config(args: argparse.Namespace) -> Config:
     path = args.config
     if path is None and DEFAULT_CONFIG.is_file():
@@ -88,7 +96,7 @@ def _config(args: argparse.Namespace) -> Config:
     log_level = "debug" if args.verbose else "warning" if args.quiet else None
     return with_overrides(
         config,
-        f"{path or 'the defaults'} and the command line",  # what an error names
+        _settings_source(args),  # what an error names
         root=args.root,
         host=args.host,
         port=args.port,
@@ -172,7 +180,7 @@ def _terminal_progress(done: int, total: int) -> None:
     sys.stderr.flush()
 
 
-def _serve(config: Config) -> int:
+def _serve(config: Config, source: str) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -188,7 +196,7 @@ def _serve(config: Config) -> int:
         # The JSON log is the record of operations here; none is kept in memory.
         server = Server(config, progress=progress, keep_operations=0).start()
     except (FileNotFoundError, OSError) as exc:
-        log.error("cannot start: %s", exc)
+        log.error("cannot start: %s (settings from %s)", exc, source)
         return EXIT_USAGE
     try:
         while not stop.wait(0.5):
@@ -222,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fsqr: {exc}", file=sys.stderr)
         return EXIT_USAGE
     _setup_logging(config.log_level, args.log_format, explain=args.explain)
-    return _serve(config)
+    return _serve(config, _settings_source(args))
 
 
 if __name__ == "__main__":

@@ -170,6 +170,7 @@ def test_a_missing_folder_exits_2(tmp_path: Path, root: str, config: str, expect
     )
     assert done.returncode == 2
     assert expected in done.stderr and "does not exist" in done.stderr
+    assert "(settings from fsqr.yaml and the command line)" in done.stderr  # where to look
     assert "Traceback" not in done.stderr
 
 
