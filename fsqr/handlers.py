@@ -28,7 +28,6 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
-from pynetdicom.dsutils import encode_file_meta
 
 from fsqr import explain, faults, reactor, retrieve, security, status
 from fsqr.config import Config, Operation
@@ -73,7 +72,7 @@ from fsqr.query import (
     parse_retrieve_identifier,
 )
 from fsqr.scan import HeaderCache
-from fsqr.storage import Receiver
+from fsqr.storage import Provenance, Receiver, file_preamble_and_meta
 from fsqr.worklist import Worklist, find_worklist
 
 log = logging.getLogger(__name__)
@@ -996,15 +995,18 @@ def received_file(event: Any, ae_title: str) -> bytes:
     the sender's Implementation Class UID and Version Name (the implementation that wrote the
     content, as it told us in its A-ASSOCIATE-RQ) and AE title, and ours (`ae_title`) as the AE
     title that received it."""
-    meta = event.file_meta  # class, instance and transfer syntax, from the request
     peer = event.assoc.requestor
-    meta.ImplementationClassUID = peer.implementation_class_uid
-    if peer.implementation_version_name:
-        meta.ImplementationVersionName = peer.implementation_version_name
-    sender = peer.ae_title.strip()
-    meta.SourceApplicationEntityTitle = sender
-    meta.SendingApplicationEntityTitle = sender
-    meta.ReceivingApplicationEntityTitle = ae_title
-    return b"".join(
-        (b"\0" * 128, b"DICM", encode_file_meta(meta), event.encoded_dataset(include_meta=False))
+    request = event.request
+    origin = Provenance(
+        str(peer.implementation_class_uid or ""),
+        str(peer.implementation_version_name or ""),
+        str(peer.ae_title).strip(),
+        ae_title,
     )
+    meta = file_preamble_and_meta(
+        str(request.AffectedSOPClassUID),
+        str(request.AffectedSOPInstanceUID),
+        str(event.context.transfer_syntax),
+        origin,
+    )
+    return meta + cast(bytes, event.encoded_dataset(include_meta=False))

@@ -227,6 +227,71 @@ def _value(header: Dataset, keyword: str) -> str:
     return "" if tag is None else element_text(header.get(tag))
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Where a received instance came from, for its file meta (PS3.10 7.1): the sender's
+    implementation (as it named itself in its A-ASSOCIATE-RQ) and AE title, and ours."""
+
+    implementation_class_uid: str
+    implementation_version_name: str  # "" when the sender gave none
+    sender: str  # its AE title: Source and Sending Application Entity Title
+    receiver: str  # ours: Receiving Application Entity Title
+
+
+def file_preamble_and_meta(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, provenance: Provenance
+) -> bytes:
+    """The 128-byte preamble, "DICM" and File Meta Information of a file written from a
+    C-STORE, encoded here (Explicit VR Little Endian, PS3.10 7.1, PS3.5 7.1.2): pydicom took
+    a third of a millisecond to build and encode these ten elements, some 7 % of storing a
+    small instance.
+
+    >>> from pydicom import dcmread
+    >>> from io import BytesIO
+    >>> origin = Provenance("1.2.276.0.7230010.3.0.3.6.7", "OFFIS_DCMTK_367", "SCU", "FSQR")
+    >>> ct, implicit = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2"
+    >>> meta = file_preamble_and_meta(ct, "1.2.3", implicit, origin)
+    >>> ds = dcmread(BytesIO(meta + bytes.fromhex("08001800 06000000") + b"1.2.3\\0"))
+    >>> fm = ds.file_meta
+    >>> (fm.MediaStorageSOPInstanceUID, fm.TransferSyntaxUID, fm.SourceApplicationEntityTitle)
+    ('1.2.3', '1.2.840.10008.1.2', 'SCU')
+    >>> fm.FileMetaInformationGroupLength == len(meta) - 132 - 12, ds.SOPInstanceUID
+    (True, '1.2.3')
+    """
+    elements = [
+        _meta_element(0x0001, "OB", b"\x00\x01"),
+        _meta_element(0x0002, "UI", _padded(sop_class_uid, b"\0")),
+        _meta_element(0x0003, "UI", _padded(sop_instance_uid, b"\0")),
+        _meta_element(0x0010, "UI", _padded(transfer_syntax_uid, b"\0")),
+        _meta_element(0x0012, "UI", _padded(provenance.implementation_class_uid, b"\0")),
+    ]
+    if provenance.implementation_version_name:
+        elements.append(
+            _meta_element(0x0013, "SH", _padded(provenance.implementation_version_name, b" "))
+        )
+    sender = _padded(provenance.sender, b" ")
+    elements += [
+        _meta_element(0x0016, "AE", sender),  # Source: who wrote the content
+        _meta_element(0x0017, "AE", sender),  # Sending: who sent it over the network
+        _meta_element(0x0018, "AE", _padded(provenance.receiver, b" ")),  # Receiving: fsqr
+    ]
+    group = b"".join(elements)
+    length = _meta_element(0x0000, "UL", len(group).to_bytes(4, "little"))
+    return b"\0" * 128 + b"DICM" + length + group
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    value = text.encode("ascii", "replace")  # UI, AE and SH are ASCII (PS3.5 6.2)
+    return value + pad if len(value) % 2 else value
+
+
+def _meta_element(element: int, vr: str, value: bytes) -> bytes:
+    header = (0x0002).to_bytes(2, "little") + element.to_bytes(2, "little") + vr.encode()
+    if vr == "OB":  # PS3.5 7.1.2: two reserved bytes, then a 32-bit length
+        return header + b"\0\0" + len(value).to_bytes(4, "little") + value
+    return header + len(value).to_bytes(2, "little") + value
+
+
 def read_received(encoded: bytes) -> tuple[Dataset, bool]:
     """The header (no pixels) of a received instance in DICOM file format, and whether pixel
     data follows it; or CannotUnderstand.
