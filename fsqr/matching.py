@@ -715,8 +715,12 @@ def _utc(text: str, instant: str, fill: str) -> str | None:
         moment = datetime(
             year, month, day, min(hour, 23), min(minute, 59), min(second, 59), int(fraction)
         )
-    except ValueError:
+        offset = timedelta(hours=int(hours), minutes=int(minutes))
+        moment = moment - offset if sign == "+" else moment + offset
+    except (ValueError, OverflowError):  # no such day, or UTC falls outside years 1-9999
         return None
-    offset = timedelta(hours=int(hours), minutes=int(minutes))
-    moment = moment - offset if sign == "+" else moment + offset
-    return moment.strftime("%Y%m%d%H%M%S") + f".{moment.microsecond:06d}"
+    # Zero-padded by hand: strftime's %Y gives "900" for the year 900 on glibc.
+    m = moment
+    return f"{m.year:04d}{m.month:02d}{m.day:02d}{m.hour:02d}{m.minute:02d}{m.second:02d}" + (
+        f".{m.microsecond:06d}"
+    )

@@ -47,7 +47,7 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -688,17 +688,24 @@ class _Transfer:
         self.given_up = ""  # set once nothing more can be sent: every instance left fails with it
         self.ended: str | None = None  # "cancelled" or "gone": the SCU stopped the retrieve
         self.sent_again: set[str] = set()  # instances already retried after a broken link
-        # Senders with a link open, or being opened, that will ask for the next instance again:
-        # while there is one, a sender whose own link could not be opened may leave its
-        # instance to them. A sender with a link waits for those being opened before it ends,
-        # as their instances may yet come back to it.
+        # Senders that will ask for the next instance again (`linked`): with a link open, one
+        # being opened (`opening`), or one let go of. While there is one, a sender whose own
+        # link could not be opened leaves its instance to them; a sender that finds nothing to
+        # send while others are still opening lets go of its link and waits, as their instances
+        # may yet come back (a peer that takes one association at a time takes the next only
+        # once the first is released).
         self.linked = 0
         self.opening = 0
         self.changed = threading.Condition(self.lock)
 
-    def next_instance(self, waiting: deque[Instance], *, linked: bool) -> Instance | None:
-        """The next instance to send, or None when there is none or the SCU stopped it all.
-        `linked`: the caller holds an open link, and stops being counted in `linked` on None."""
+    def next_instance(
+        self, waiting: deque[Instance], *, counted: bool, holding: bool
+    ) -> tuple[Instance | Literal["let go"] | None, bool]:
+        """What a sender does next: an instance to send, "let go" (of its link: others are
+        still opening theirs), or None when there is nothing more (or the SCU stopped it all),
+        and whether it is counted in `linked` now. `holding`: it has a link open. One without
+        a link is counted as opening one as it takes its instance, in the same hold of the
+        lock, so that no other sender ends while its instance may yet come back."""
         with self.lock:
             while True:
                 if self.ended is None and self.requestor.gone():
@@ -707,12 +714,18 @@ class _Transfer:
                     self.ended = "cancelled"
                 if self.ended is None and waiting:
                     self.requestor.starting()
-                    return waiting.popleft()
-                if self.ended is None and linked and self.opening:
+                    if not holding and not self.given_up:  # it opens a link for it next
+                        self.linked += not counted
+                        self.opening += 1
+                        counted = True
+                    return waiting.popleft(), counted
+                if self.ended is None and counted and self.opening:
+                    if holding:
+                        return "let go", counted
                     self.changed.wait(1.0)
                     continue
-                self.linked -= linked
-                return None
+                self.linked -= counted
+                return None, False
 
     def open_link(
         self,
@@ -721,13 +734,11 @@ class _Transfer:
         instance: Instance,
         waiting: deque[Instance],
     ) -> tuple[Link | None, bool]:
-        """A link for a sender that has `instance` to send, counted in `linked` while open;
-        (None, True) when it could not be opened and the instance was left to the senders with
-        links (a peer that takes fewer associations at once than `associations`, a rejection
-        it calls transient), (None, False) when it could not and all is given up."""
-        with self.lock:
-            self.linked += 1
-            self.opening += 1
+        """A link for a sender counted as opening one (`next_instance`) to send `instance`;
+        (None, True) when it could not be opened and the instance was left to the senders
+        still counted (a peer that takes fewer associations at once than `associations`, a
+        rejection it calls transient), (None, False) when it could not and all is given up.
+        Either way the sender is counted no more."""
         try:
             link = open_link(batch)
         except Unreachable as exc:
@@ -854,12 +865,21 @@ def _send_over_links(
     barren = 0  # links in a row that broke before any response
     counted = False  # this sender is one of `transfer.linked`
     try:
-        while (instance := transfer.next_instance(waiting, linked=counted)) is not None:
-            if not transfer.given_up and link is None:
+        while True:
+            holding = link is not None
+            instance, counted = transfer.next_instance(waiting, counted=counted, holding=holding)
+            if instance is None:
+                break
+            if instance == "let go":
+                assert link is not None
+                link.close()  # still counted: it opens another if an instance comes back
+                link = None
+                continue
+            if link is None and counted:  # counted as opening one: open it
                 link, left = transfer.open_link(open_link, batch, instance, waiting)
+                counted, delivered = link is not None, 0
                 if left:
                     return
-                counted, delivered = link is not None, 0
             if transfer.given_up or link is None:
                 transfer.count(instance, Category.FAILED, reason=transfer.given_up, attempted=False)
                 continue
@@ -886,7 +906,6 @@ def _send_over_links(
                     waiting.appendleft(instance)
             elif not reopen or barren >= _BARREN_LINKS:
                 transfer.given_up = transfer.given_up or f"the association broke: {stored.comment}"
-        counted = False  # next_instance took it off as it found nothing more
     finally:
         if link is not None:
             link.close()

@@ -447,15 +447,21 @@ class HeaderCache:
         return header
 
 
+_ELEMENT_COST = 400  # bytes of Python objects for one element held, beyond its value's bytes
+
+
 def _read_whole_header(path: str) -> tuple[Dataset | None, int]:
-    """The header of `path` and how many bytes of the file it took; (None, 0) if unreadable.
-    Opened as every served file is (`tree.open_served`: no link followed, no FIFO waited on)."""
+    """The header of `path` and what holding it costs: the bytes of the file it took, and
+    some 400 bytes for each element (a file of 400,000 small elements, 4 MB on disk, took
+    137 MB read); (None, 0) if unreadable. Opened as every served file is
+    (`tree.open_served`: no link followed, no FIFO waited on)."""
     try:
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
             with os.fdopen(open_served(path)[0], "rb") as fp:
                 header = dcmread(fp, stop_before_pixels=True, force=True)
-                return header, fp.tell()
+                elements = sum(1 for _ in header.iterall())
+                return header, fp.tell() + _ELEMENT_COST * elements
     except Exception as exc:  # the file changed or broke since it was indexed
         log.debug("cannot read header of %s: %s", path, exc)
         return None, 0

@@ -632,3 +632,13 @@ def test_a_long_key_is_matched_but_never_kept() -> None:
     assert matcher.cache_info().currsize == before  # type: ignore[attr-defined]
     assert match("LO", "DOE*", "DOE^JOHN")  # a short one still is
     assert matcher.cache_info().currsize <= before + 1  # type: ignore[attr-defined]
+
+
+def test_dt_offsets_at_the_edges_of_the_calendar() -> None:
+    """A stored DT whose UTC falls outside years 1-9999 raised OverflowError and failed the
+    whole C-FIND; a year before 1000 compared wrongly (strftime does not pad it)."""
+    assert matcher("DT", "20240101-")("00010101000000+0100") is False  # as written: year 1
+    assert matcher("DT", "-20240101+0000")("99991231235959-0100") is False
+    assert matcher("DT", "00010101000000+0100")("") is False
+    assert matcher("DT", "-09001231+0000")("20240101+0000") is False  # up to the year 900
+    assert matcher("DT", "-09001231+0000")("08991231+0000") is True

@@ -310,7 +310,7 @@ def test_the_header_cache_is_bounded_by_bytes_not_only_by_count(tmp_path: Path) 
     big = instance(n=2)
     big.EncapsulatedDocument = bytes(300_000)  # read with the header: no pixels to stop at
     big_path = write_instance(big, tmp_path / "big.dcm")
-    cache = scan.HeaderCache(capacity=100, budget=20_000)
+    cache = scan.HeaderCache(capacity=100, budget=400_000)
     for _ in range(2):
         assert cache.get(str(small)) is not None
         header = cache.get(str(big_path))
@@ -319,6 +319,19 @@ def test_the_header_cache_is_bounded_by_bytes_not_only_by_count(tmp_path: Path) 
     for n in range(3, 40):
         write_instance(instance(n=n), tmp_path / f"{n}.dcm")
         assert cache.get(str(tmp_path / f"{n}.dcm")) is not None
-    assert 0 < cache._bytes <= 20_000  # some 1.6 kB each: the oldest were dropped by bytes
+    assert 0 < cache._bytes <= 400_000  # the oldest were dropped by their cost
     assert len(cache._items) < 38
     assert cache._bytes == sum(size for _, _, size in cache._items.values())
+
+
+def test_a_header_of_many_small_elements_is_costed_by_its_elements(tmp_path: Path) -> None:
+    """4 MB on disk of 400,000 small elements took 137 MB read: by file bytes alone 16 such
+    headers (2 GB) fitted a 64 MB budget."""
+    ds = instance(n=1)
+    for element in range(0x1000, 0x1000 + 20_000):
+        ds.add_new((0x0011 << 16) | element, "US", 1)  # a private group of small elements
+    path = write_instance(ds, tmp_path / "many.dcm")
+    assert path.stat().st_size < 400_000
+    cache = scan.HeaderCache(capacity=100, budget=40_000_000)
+    assert cache.get(str(path)) is not None
+    assert not cache._items  # 20,000 elements: some 8 MB held, over a budget's eighth
