@@ -264,6 +264,8 @@ class Index:
         """Files to read again, and hand to `refresh`: one for each patient, study or series
         whose records came from a file that is gone while other files keep it, the latest
         indexed of those (so the records say what a file on disk says). Each is told once."""
+        if not self._stale:  # the watcher asks after every burst of changes: mostly none
+            return []
         with self._lock:
             stale, self._stale = self._stale, {}
             paths: dict[str, None] = {}

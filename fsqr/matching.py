@@ -364,7 +364,7 @@ def _each_value(test: Matcher, *, split: bool, strip: Callable[[str], str]) -> M
 # --- Person Names ----------------------------------------------------------------------------
 
 
-@_cache_when_short(maxsize=65536)
+@lru_cache(maxsize=65536)
 def _name_groups(name: str, by_character: bool = False) -> tuple[str, ...]:
     """One PN value as folded component groups, without trailing empty components or groups.
 
@@ -380,6 +380,14 @@ def _name_groups(name: str, by_character: bool = False) -> tuple[str, ...]:
     while groups and not groups[-1]:
         groups.pop()
     return tuple(groups)
+
+
+def _key_name_groups(key: str, by_character: bool = False) -> tuple[str, ...]:
+    """`_name_groups` of a key, kept in its cache only when short (see `_CACHED_UP_TO`). The
+    stored names go straight to the cache: they are matched, each, on every query."""
+    if len(key) > _CACHED_UP_TO:
+        return _name_groups.__wrapped__(key, by_character)
+    return _name_groups(key, by_character)
 
 
 def _fold_by_character(text: str) -> str:
@@ -448,7 +456,7 @@ def _person_name_matcher(keys: Iterable[str]) -> Matcher:
     for key in keys:
         # A "?" counts characters: then both sides are folded a character at a time.
         by_character = "?" in key
-        key_groups = _name_groups(key, by_character)
+        key_groups = _key_name_groups(key, by_character)
         if not any(key_groups):
             return _universal
         group_test = _any_group if "=" not in key else None
@@ -504,7 +512,7 @@ def person_name_prefixes(pattern: str) -> tuple[str, ...] | None:
         return None
     prefixes = []
     for key in keys:
-        starts = [_literal_start(g) for g in _name_groups(key) if g]
+        starts = [_literal_start(g) for g in _key_name_groups(key) if g]
         longest = max(starts, key=lambda start: len(start.rstrip("^")), default="")
         if not longest.rstrip("^"):
             return None

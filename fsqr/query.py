@@ -293,9 +293,12 @@ def find(
             return
         if all(test(_record(entity, level).get(keyword)) for level, keyword, test in tests):
             matched.append(entity)
+    # A header read takes a look each; otherwise every _LOOK_EVERY views, as the caller looks
+    # between two answers anyway.
+    look_every = 1 if any(k.source is Source.FILE for k in later) else _LOOK_EVERY
     for start in range(0, len(matched), _BATCH):
-        for view in index.views(matched[start : start + _BATCH]):
-            if stopped():  # a header read each: a look each
+        for n, view in enumerate(index.views(matched[start : start + _BATCH]), start):
+            if n % look_every == 0 and stopped():
                 return
             if all(_key_matches(key, view, headers) for key in later):
                 yield response(query, view, ae_title, headers)
